@@ -1,0 +1,94 @@
+// The operations the forward pass is made of, on tensors in a backend's memory.
+// engine/model.cc is written only against this interface; the CPU backend is the
+// exact reference and the CUDA backend implements the same contracts.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/tensor.h"
+#include "engine/weights.h"
+
+namespace mf {
+
+// Where each token of a ragged batch sits: its sequence, its position in that
+// sequence, and the cache row that holds its key/value. Device-resident.
+struct StepLayout {
+  int num_tokens = 0;
+  int num_sequences = 0;
+  int block_size = 0;
+  int max_blocks_per_sequence = 0;
+  Tensor token_ids;     // [T] int32
+  Tensor token_seq;     // [T] int32: index of the token's sequence in the batch
+  Tensor token_pos;     // [T] int32: position within its sequence (0-based)
+  Tensor cache_rows;    // [T] int32: block * block_size + offset, where its K/V are written
+  Tensor block_tables;  // [num_sequences, max_blocks_per_sequence] int32
+};
+
+// A routing decision for one mixture of one layer, in the layout of
+// engine/routing.h's ExpertGrouping. Device-resident.
+struct RoutingPlan {
+  int num_tokens = 0;
+  int top_k = 0;
+  int num_experts = 0;
+  Tensor token_experts;   // [T, k] int32, by falling probability
+  Tensor token_gates;     // [T, k] f32
+  Tensor expert_offsets;  // [E + 1] int32
+  Tensor slot_tokens;     // [T * k] int32
+  Tensor token_slots;     // [T, k] int32
+};
+
+struct AttentionShape {
+  int num_heads = 1;
+  int head_dim = 0;
+  // When true, one cache vector per token is both key and value; otherwise the
+  // row holds the key (att_hidden values) followed by the value.
+  bool kv_identity = true;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // Element type of activations and of the KV cache.
+  virtual DType activation_dtype() const = 0;
+
+  // Memory.
+  virtual absl::StatusOr<Tensor> UploadWeight(const HostTensor& host) = 0;
+  virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
+  virtual void CopyFromHost(const void* host, Tensor& dst) = 0;    // whole tensor
+  virtual void CopyToHost(const Tensor& src, void* host) = 0;      // whole tensor; synchronises
+  virtual void ToFloat(const Tensor& src, float* host) = 0;        // whole tensor, widened to f32
+
+  // out[t] = table[ids[t]]
+  virtual void Embed(const Tensor& table, const Tensor& token_ids, Tensor& out) = 0;
+  virtual void LayerNorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) = 0;
+  // out = x · weightᵀ (+ bias): nn.Linear layout, weight [out, in].
+  virtual void Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& out) = 0;
+  virtual void GeluExact(Tensor& x) = 0;
+  virtual void GeluNew(Tensor& x) = 0;
+  // Softmax + top-k of router logits [T, E], then the grouping of slots by expert.
+  virtual absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) = 0;
+  // For each expert e, out[slot] = in_row(slot) · experts[e] over e's slots, where
+  // in_row is x[slot_tokens[slot]] when gather_by_token, else x[slot]. experts: [E, in, out].
+  virtual void ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
+                          Tensor& out) = 0;
+  // residual[t] += Σ_r gate[t, r] · slot_out[token_slots[t, r]], summed in rank order.
+  virtual void CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) = 0;
+  // Writes each token's cache row: key (and value unless `value` is null) [T, width].
+  virtual void WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) = 0;
+  // Stick-breaking attention of every slot's query [S, att_hidden] over its
+  // sequence's cached keys/values at positions <= its own.
+  virtual void StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
+                                      const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) = 0;
+  // out[i] = x[rows[i]]
+  virtual void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+};
+
+// The exact CPU reference backend (fp32, OpenBLAS).
+std::unique_ptr<Backend> MakeCpuBackend();
+
+}  // namespace mf

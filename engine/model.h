@@ -1,0 +1,88 @@
+// The forward pass over a ragged batch: several sequences, each adding any number
+// of new tokens on top of its cached history. Written against engine/backend.h only.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/backend.h"
+#include "engine/kv_cache.h"
+#include "engine/weights.h"
+
+namespace mf {
+
+enum class Mixture { kAttention = 0, kMlp = 1 };
+inline const char* MixtureName(Mixture mixture) { return mixture == Mixture::kAttention ? "attention" : "mlp"; }
+
+struct SequenceChunk {
+  absl::Span<const int32_t> new_tokens;
+  int num_cached = 0;                     // tokens of this sequence already in the cache
+  absl::Span<const int32_t> block_table;  // must cover num_cached + new_tokens.size() tokens
+  bool all_logits = false;                // logits for every new token; else for the last only
+};
+
+struct ForwardBatch {
+  std::vector<SequenceChunk> sequences;
+  bool record_routing = false;
+};
+
+// One mixture's decisions for every token of the batch, [T, k] in batch order.
+struct MixtureRouting {
+  int top_k = 0;
+  int num_experts = 0;
+  std::vector<int32_t> experts;  // by falling probability
+  std::vector<float> gates;
+};
+
+struct ForwardOutput {
+  int64_t vocab_size = 0;
+  std::vector<float> logits;            // [rows, vocab]
+  std::vector<int> logit_row_offsets;   // sequence s owns rows [offsets[s], offsets[s+1])
+  std::vector<int> token_offsets;       // sequence s owns batch tokens [offsets[s], offsets[s+1])
+  std::vector<std::array<MixtureRouting, 2>> routing;  // per layer, indexed by Mixture; when recorded
+
+  const float* logits_row(int row) const { return logits.data() + static_cast<int64_t>(row) * vocab_size; }
+};
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelWeights& weights, std::unique_ptr<Backend> backend,
+                                                       const KvCacheOptions& cache_options);
+  ~Model();
+
+  // Runs one step. Checks token ids and block tables; writes the new tokens' K/V.
+  absl::StatusOr<ForwardOutput> Forward(const ForwardBatch& batch);
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() { return *backend_; }
+  KvCache& kv_cache() { return *kv_cache_; }
+  int num_experts(int layer, Mixture mixture) const;
+
+ private:
+  struct DeviceMixture;
+  struct DeviceLayer;
+
+  Model() = default;
+  static absl::StatusOr<DeviceMixture> UploadMixture(Backend& backend, const MixtureWeights& host);
+  absl::Status Upload(const ModelWeights& weights);
+  absl::Status Validate(const ForwardBatch& batch) const;
+  absl::StatusOr<StepLayout> BuildLayout(const ForwardBatch& batch, std::vector<int32_t>* logit_rows,
+                                         ForwardOutput* output);
+  absl::Status RunAttention(int layer, const StepLayout& layout, Tensor& hidden, ForwardOutput* output);
+  absl::Status RunMlp(int layer, Tensor& hidden, ForwardOutput* output);
+  absl::StatusOr<RoutingPlan> RouteMixture(const DeviceMixture& mixture, const Tensor& normed);
+  void RecordRouting(const RoutingPlan& plan, MixtureRouting* routing);
+  absl::StatusOr<Tensor> Empty(std::vector<int64_t> shape);
+
+  ModelConfig config_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<KvCache> kv_cache_;
+  Tensor wte_, ln_f_weight_, ln_f_bias_, lm_head_;
+  std::vector<DeviceLayer> layers_;
+};
+
+}  // namespace mf

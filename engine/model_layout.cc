@@ -1,0 +1,87 @@
+// Checking a ragged batch and laying it out for the backend.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model.h"
+#include "engine/status_macros.h"
+
+namespace mf {
+
+absl::Status Model::Validate(const ForwardBatch& batch) const {
+  if (batch.sequences.empty()) return absl::InvalidArgumentError("batch has no sequences");
+  const int block_size = kv_cache_->block_size();
+  const int num_blocks = kv_cache_->allocator().num_blocks();
+  for (size_t s = 0; s < batch.sequences.size(); ++s) {
+    const SequenceChunk& chunk = batch.sequences[s];
+    if (chunk.new_tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no new tokens"));
+    }
+    if (chunk.num_cached < 0) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": negative num_cached"));
+    for (int32_t token : chunk.new_tokens) {
+      if (token < 0 || token >= config_.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", s, ": token id ", token, " out of range [0, ", config_.vocab_size, ")"));
+      }
+    }
+    const int64_t total_tokens = chunk.num_cached + static_cast<int64_t>(chunk.new_tokens.size());
+    if (static_cast<int64_t>(chunk.block_table.size()) * block_size < total_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block table of ", chunk.block_table.size(),
+                                                     " blocks cannot hold ", total_tokens, " tokens"));
+    }
+    for (int32_t block : chunk.block_table) {
+      if (block < 0 || block >= num_blocks) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block id ", block, " out of range"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::vector<int32_t>* logit_rows,
+                                              ForwardOutput* output) {
+  const int block_size = kv_cache_->block_size();
+  StepLayout layout;
+  layout.num_sequences = static_cast<int>(batch.sequences.size());
+  layout.block_size = block_size;
+  for (const SequenceChunk& chunk : batch.sequences) {
+    layout.max_blocks_per_sequence = std::max(layout.max_blocks_per_sequence, static_cast<int>(chunk.block_table.size()));
+  }
+
+  std::vector<int32_t> token_ids, token_seq, token_pos, cache_rows;
+  std::vector<int32_t> block_tables(static_cast<size_t>(layout.num_sequences) * layout.max_blocks_per_sequence, 0);
+  output->token_offsets.push_back(0);
+  output->logit_row_offsets.push_back(0);
+  for (int s = 0; s < layout.num_sequences; ++s) {
+    const SequenceChunk& chunk = batch.sequences[static_cast<size_t>(s)];
+    std::copy(chunk.block_table.begin(), chunk.block_table.end(),
+              block_tables.begin() + static_cast<int64_t>(s) * layout.max_blocks_per_sequence);
+    const int num_new = static_cast<int>(chunk.new_tokens.size());
+    for (int i = 0; i < num_new; ++i) {
+      const int position = chunk.num_cached + i;
+      if (chunk.all_logits || i == num_new - 1) logit_rows->push_back(static_cast<int32_t>(token_ids.size()));
+      token_ids.push_back(chunk.new_tokens[static_cast<size_t>(i)]);
+      token_seq.push_back(s);
+      token_pos.push_back(position);
+      cache_rows.push_back(chunk.block_table[static_cast<size_t>(position / block_size)] * block_size +
+                           position % block_size);
+    }
+    output->token_offsets.push_back(static_cast<int>(token_ids.size()));
+    output->logit_row_offsets.push_back(static_cast<int>(logit_rows->size()));
+  }
+  layout.num_tokens = static_cast<int>(token_ids.size());
+
+  auto upload = [this](const std::vector<int32_t>& values, std::vector<int64_t> shape, Tensor& dst) -> absl::Status {
+    MF_ASSIGN_OR_RETURN(dst, backend_->Allocate(DType::kI32, std::move(shape)));
+    backend_->CopyFromHost(values.data(), dst);
+    return absl::OkStatus();
+  };
+  const int64_t num_tokens = layout.num_tokens;
+  MF_RETURN_IF_ERROR(upload(token_ids, {num_tokens}, layout.token_ids));
+  MF_RETURN_IF_ERROR(upload(token_seq, {num_tokens}, layout.token_seq));
+  MF_RETURN_IF_ERROR(upload(token_pos, {num_tokens}, layout.token_pos));
+  MF_RETURN_IF_ERROR(upload(cache_rows, {num_tokens}, layout.cache_rows));
+  MF_RETURN_IF_ERROR(upload(block_tables, {layout.num_sequences, layout.max_blocks_per_sequence}, layout.block_tables));
+  return layout;
+}
+
+}  // namespace mf

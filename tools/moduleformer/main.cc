@@ -1,0 +1,93 @@
+// `moduleformer`: verify a checkpoint against reference cases, or generate locally.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cpu_backend.h"
+#include "engine/status_macros.h"
+#include "tools/moduleformer/commands.h"
+
+ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors)");
+ABSL_FLAG(std::string, random_weights, "", "Config file: build a model of that shape with random weights");
+ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu");
+ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache size in MiB");
+ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
+
+namespace mf::cli {
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags() {
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  const std::string random_config = absl::GetFlag(FLAGS_random_weights);
+  if (model_dir.empty() == random_config.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR or --random-weights CONFIG");
+  }
+  ModelWeights weights;
+  if (!model_dir.empty()) {
+    MF_ASSIGN_OR_RETURN(weights, LoadWeights(model_dir));
+  } else {
+    MF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(random_config));
+    weights = RandomWeights(config, absl::GetFlag(FLAGS_seed));
+  }
+  if (absl::GetFlag(FLAGS_device) != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat("--device: unknown backend '", absl::GetFlag(FLAGS_device), "'"));
+  }
+  KvCacheOptions cache_options;
+  cache_options.block_size = absl::GetFlag(FLAGS_block_size);
+  cache_options.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  return Model::Create(weights, MakeCpuBackend(), cache_options);
+}
+
+}  // namespace mf::cli
+
+namespace {
+
+// Flags are spelled with dashes on the command line (--max-new-tokens) and with
+// underscores in code; Abseil knows only the latter.
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i > 0 && arg.rfind("--", 0) == 0) {
+      const size_t name_end = std::min(arg.find('='), arg.size());
+      for (size_t c = 2; c < name_end; ++c) {
+        if (arg[c] == '-') arg[c] = '_';
+      }
+    }
+    args.push_back(std::move(arg));
+  }
+  return args;
+}
+
+constexpr char kUsage[] =
+    "moduleformer <command> [flags]\n"
+    "commands:\n"
+    "  verify   --model DIR --cases FILE      check logits, routing and greedy tokens against reference cases\n"
+    "  generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N   greedy generation, prints new token ids\n"
+    "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  if (argc < 2 || std::strncmp(argv[1], "-", 1) == 0) {
+    std::fprintf(stderr, "%s\n", kUsage);
+    return 2;
+  }
+  const std::string command = argv[1];
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  args.erase(args.begin() + 1);
+  std::vector<char*> arg_pointers;
+  for (std::string& arg : args) arg_pointers.push_back(arg.data());
+  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
+
+  if (command == "verify") return mf::cli::RunVerify();
+  if (command == "generate") return mf::cli::RunGenerate();
+  std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(), kUsage);
+  return 2;
+}
