@@ -1,0 +1,139 @@
+#include <cub/device/device_radix_sort.cuh>
+
+#include "kernels/routing.h"
+
+namespace mf::kernels {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxTopK = 32;
+
+// One warp per token: max and sum by warp shuffles, then k rounds of arg-max.
+__global__ void SoftmaxTopKKernel(const float* __restrict__ router_logits, int num_tokens, int num_experts, int top_k,
+                                  int32_t* __restrict__ experts, float* __restrict__ gates) {
+  const int token = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (token >= num_tokens) return;
+  const float* logits = router_logits + static_cast<int64_t>(token) * num_experts;
+
+  float max_logit = -INFINITY;
+  for (int e = lane; e < num_experts; e += kWarp) max_logit = fmaxf(max_logit, logits[e]);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    max_logit = fmaxf(max_logit, __shfl_xor_sync(0xffffffffu, max_logit, offset));
+  }
+  float total = 0.0f;
+  for (int e = lane; e < num_experts; e += kWarp) total += expf(logits[e] - max_logit);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+
+  int chosen[kMaxTopK];
+  for (int rank = 0; rank < top_k; ++rank) {
+    // Each lane proposes its best untaken expert; the warp keeps the largest, lower index on ties.
+    float best_logit = -INFINITY;
+    int best_expert = num_experts;
+    for (int e = lane; e < num_experts; e += kWarp) {
+      bool taken = false;
+      for (int r = 0; r < rank; ++r) taken |= chosen[r] == e;
+      if (!taken && (logits[e] > best_logit || best_expert == num_experts)) {
+        best_logit = logits[e];
+        best_expert = e;
+      }
+    }
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const float other_logit = __shfl_xor_sync(0xffffffffu, best_logit, offset);
+      const int other_expert = __shfl_xor_sync(0xffffffffu, best_expert, offset);
+      if (other_logit > best_logit || (other_logit == best_logit && other_expert < best_expert)) {
+        best_logit = other_logit;
+        best_expert = other_expert;
+      }
+    }
+    chosen[rank] = best_expert;
+    if (lane == 0) {
+      experts[static_cast<int64_t>(token) * top_k + rank] = best_expert;
+      gates[static_cast<int64_t>(token) * top_k + rank] = expf(best_logit - max_logit) / total;
+    }
+  }
+}
+
+__global__ void FlatIndexKernel(int num_slots, int32_t* __restrict__ flat) {
+  const int slot = blockIdx.x * blockDim.x + threadIdx.x;
+  if (slot < num_slots) flat[slot] = slot;
+}
+
+// After the stable sort: scatter inverse indices and mark where each expert's segment starts.
+__global__ void SegmentsKernel(const int32_t* __restrict__ sorted_experts, const int32_t* __restrict__ sorted_slots,
+                               int num_slots, int top_k, int num_experts, int32_t* __restrict__ expert_offsets,
+                               int32_t* __restrict__ slot_tokens, int32_t* __restrict__ token_slots) {
+  const int position = blockIdx.x * blockDim.x + threadIdx.x;
+  if (position > num_slots) return;
+  // Experts in (previous, current] begin here; position == num_slots closes the tail.
+  const int previous = position == 0 ? -1 : sorted_experts[position - 1];
+  const int current = position == num_slots ? num_experts : sorted_experts[position];
+  for (int e = previous + 1; e <= current; ++e) expert_offsets[e] = position;
+  if (position == num_slots) return;
+  const int32_t slot = sorted_slots[position];
+  slot_tokens[position] = slot / top_k;
+  token_slots[slot] = position;
+}
+
+size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+size_t SortBytes(int num_slots) {
+  size_t bytes = 0;
+  cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                  static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), num_slots);
+  return bytes;
+}
+
+int BitsFor(int num_experts) {
+  int bits = 1;
+  while ((1 << bits) < num_experts) ++bits;
+  return bits;
+}
+
+}  // namespace
+
+cudaError_t SoftmaxTopK(const float* router_logits, int num_tokens, int num_experts, int top_k, int32_t* experts,
+                        float* gates, cudaStream_t stream) {
+  if (top_k > kMaxTopK || top_k > num_experts) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  constexpr int kWarpsPerBlock = 4;
+  const int blocks = (num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  SoftmaxTopKKernel<<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(router_logits, num_tokens, num_experts, top_k,
+                                                                   experts, gates);
+  return cudaGetLastError();
+}
+
+size_t GroupByExpertWorkspaceBytes(int num_slots, int num_experts) {
+  (void)num_experts;
+  const size_t array = Align(static_cast<size_t>(num_slots) * sizeof(int32_t));
+  return 3 * array + Align(SortBytes(num_slots));
+}
+
+cudaError_t GroupByExpert(const int32_t* token_experts, int num_tokens, int top_k, int num_experts,
+                          int32_t* expert_offsets, int32_t* slot_tokens, int32_t* token_slots, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream) {
+  const int num_slots = num_tokens * top_k;
+  if (workspace_bytes < GroupByExpertWorkspaceBytes(num_slots, num_experts)) return cudaErrorInvalidValue;
+  const size_t array = Align(static_cast<size_t>(num_slots) * sizeof(int32_t));
+  auto* base = static_cast<char*>(workspace);
+  auto* flat = reinterpret_cast<int32_t*>(base);
+  auto* sorted_experts = reinterpret_cast<int32_t*>(base + array);
+  auto* sorted_slots = reinterpret_cast<int32_t*>(base + 2 * array);
+  void* sort_scratch = base + 3 * array;
+  size_t sort_bytes = SortBytes(num_slots);
+
+  constexpr int kThreads = 256;
+  if (num_slots > 0) {
+    FlatIndexKernel<<<(num_slots + kThreads - 1) / kThreads, kThreads, 0, stream>>>(num_slots, flat);
+    // LSD radix sort is stable: slots of one expert keep their token-major order.
+    cudaError_t status = cub::DeviceRadixSort::SortPairs(sort_scratch, sort_bytes, token_experts, sorted_experts, flat,
+                                                         sorted_slots, num_slots, 0, BitsFor(num_experts), stream);
+    if (status != cudaSuccess) return status;
+  }
+  SegmentsKernel<<<num_slots / kThreads + 1, kThreads, 0, stream>>>(sorted_experts, sorted_slots, num_slots, top_k,
+                                                                   num_experts, expert_offsets, slot_tokens,
+                                                                   token_slots);
+  return cudaGetLastError();
+}
+
+}  // namespace mf::kernels

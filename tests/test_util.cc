@@ -1,0 +1,99 @@
+#include "tests/test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/cpu_backend.h"
+
+namespace mf::testing {
+
+namespace fs = std::filesystem;
+
+std::string FixturesDir() {
+  const char* override_dir = std::getenv("MF_SHARED_DIR");
+  return std::string(override_dir != nullptr ? override_dir : MF_SHARED_DIR) + "/fixtures";
+}
+
+std::string ReferenceDir(const std::string& name) { return FixturesDir() + "/reference/" + name; }
+
+std::vector<std::string> ReferenceModelNames() {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(FixturesDir() + "/reference")) {
+    if (fs::exists(entry.path() / "cases.json")) names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+ScratchDir::ScratchDir() {
+  std::string pattern = (fs::temp_directory_path() / "mf-test-XXXXXX").string();
+  path_ = ::mkdtemp(pattern.data()) != nullptr ? pattern : "";
+  if (path_.empty()) ADD_FAILURE() << "mkdtemp failed";
+}
+
+ScratchDir::~ScratchDir() {
+  std::error_code ignored;
+  if (!path_.empty()) fs::remove_all(path_, ignored);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+void WriteFile(const std::string& path, const std::string& contents) {
+  std::ofstream file(path, std::ios::binary);
+  file << contents;
+}
+
+std::vector<TensorToWrite> ReadAllTensors(const std::string& path) {
+  auto file = SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  std::vector<TensorToWrite> tensors;
+  if (!file.ok()) return tensors;
+  for (const auto& [name, view] : (*file)->tensors()) {
+    const auto* bytes = static_cast<const uint8_t*>(view.data);
+    tensors.push_back({name, view.dtype, view.shape, std::vector<uint8_t>(bytes, bytes + view.num_bytes)});
+  }
+  return tensors;
+}
+
+std::unique_ptr<Model> LoadReferenceModel(const std::string& name, int num_blocks, int block_size) {
+  auto weights = LoadWeights(ReferenceDir(name));
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return nullptr;
+  KvCacheOptions options;
+  options.num_blocks = num_blocks;
+  options.block_size = block_size;
+  auto model = Model::Create(*weights, MakeCpuBackend(), options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *std::move(model) : nullptr;
+}
+
+std::vector<float> PromptLogits(Model& model, const std::vector<int32_t>& prompt) {
+  auto blocks = model.kv_cache().allocator().Allocate(model.kv_cache().BlocksFor(static_cast<int64_t>(prompt.size())));
+  EXPECT_TRUE(blocks.ok()) << blocks.status();
+  if (!blocks.ok()) return {};
+  ForwardBatch batch;
+  batch.sequences.push_back(SequenceChunk{prompt, 0, *blocks, /*all_logits=*/true});
+  auto output = model.Forward(batch);
+  model.kv_cache().allocator().Release(*blocks);
+  EXPECT_TRUE(output.ok()) << output.status();
+  return output.ok() ? output->logits : std::vector<float>{};
+}
+
+void WriteEditedCheckpoint(const std::string& reference, const std::string& dir,
+                           const std::function<void(std::vector<TensorToWrite>&)>& edit) {
+  std::vector<TensorToWrite> tensors = ReadAllTensors(ReferenceDir(reference) + "/model.safetensors");
+  edit(tensors);
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+  fs::copy_file(ReferenceDir(reference) + "/config.json", dir + "/config.json", fs::copy_options::overwrite_existing);
+}
+
+}  // namespace mf::testing

@@ -1,0 +1,48 @@
+// Helpers shared by the tests: fixture locations, scratch directories, and small
+// checkpoint surgery for loader-error tests.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/safetensors.h"
+
+namespace mf::testing {
+
+// ../shared/fixtures (overridable with MF_SHARED_DIR).
+std::string FixturesDir();
+std::string ReferenceDir(const std::string& name);
+// Names of every reference model under fixtures/reference/.
+std::vector<std::string> ReferenceModelNames();
+
+// A fresh empty directory, removed when the object dies.
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadFile(const std::string& path);
+void WriteFile(const std::string& path, const std::string& contents);
+
+// Every tensor of a safetensors file, copied out (so it can be edited and rewritten).
+std::vector<TensorToWrite> ReadAllTensors(const std::string& path);
+
+// The CPU model of a reference fixture with a cache of `num_blocks` blocks.
+std::unique_ptr<Model> LoadReferenceModel(const std::string& name, int num_blocks = 256, int block_size = 16);
+
+// Logits of every position of `prompt`, run alone through a fresh cache allocation.
+std::vector<float> PromptLogits(Model& model, const std::vector<int32_t>& prompt);
+
+// Copies a reference checkpoint into `dir`, after `edit` has changed its tensors.
+void WriteEditedCheckpoint(const std::string& reference, const std::string& dir,
+                           const std::function<void(std::vector<TensorToWrite>&)>& edit);
+
+}  // namespace mf::testing
