@@ -14,5 +14,6 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags();
 
 int RunVerify();
 int RunGenerate();
+int RunTokenize();
 
 }  // namespace mf::cli

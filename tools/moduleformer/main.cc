@@ -69,6 +69,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  verify   --model DIR --cases FILE      check logits, routing and greedy tokens against reference cases\n"
     "  generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N   greedy generation, prints new token ids\n"
+    "  tokenize --tokenizer DIR [--decode]   text on stdin -> JSON ids (or JSON ids -> text)\n"
     "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
 
 }  // namespace
@@ -88,6 +89,7 @@ int main(int argc, char** argv) {
 
   if (command == "verify") return mf::cli::RunVerify();
   if (command == "generate") return mf::cli::RunGenerate();
+  if (command == "tokenize") return mf::cli::RunTokenize();
   std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(), kUsage);
   return 2;
 }

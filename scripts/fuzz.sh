@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the tokenizer's libFuzzer targets with clang (ASan + UBSan) and runs each
+# for FUZZ_SECONDS (default 20). Exits non-zero on any crash or broken invariant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT_DIR="${FUZZ_DIR:-build/fuzz}"
+SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
+SHARED="${MF_SHARED_DIR:-$ROOT/../shared}"
+mkdir -p "$OUT_DIR"
+
+SOURCES=(engine/utf8.cc engine/pretokenizer.cc engine/tokenizer.cc engine/tokenizer_loader.cc engine/detokenizer.cc)
+FLAGS=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I"$ROOT")
+LIBS=$(pkg-config --libs absl_statusor absl_strings absl_str_format)
+command -v clang++ > /dev/null || { echo "clang++ not found: run scripts/setup.sh"; exit 1; }
+for target in tokenizer_encode_fuzz tokenizer_loader_fuzz; do
+  clang++ "${FLAGS[@]}" "tests/fuzz/$target.cc" "${SOURCES[@]}" $LIBS -o "$OUT_DIR/$target"
+done
+
+# Seeds: the tokenizer fixture's texts, and a small valid tokenizer.json.
+mkdir -p "$OUT_DIR/encode_corpus" "$OUT_DIR/loader_corpus"
+python3 - "$SHARED/fixtures/tokenizer/gpt2/cases.json" "$OUT_DIR" <<'PY'
+import json, sys
+cases = json.load(open(sys.argv[1]))["cases"]
+for i, case in enumerate(cases):
+    open(f"{sys.argv[2]}/encode_corpus/case{i}", "w").write(case["text"])
+printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+table, extra = {}, 256
+for b in range(256):
+    table[b] = chr(b) if b in printable else chr(extra)
+    extra += b not in printable
+vocab = {table[b]: b for b in range(256)}
+vocab[table[ord("a")] + table[ord("b")]] = 256
+doc = {"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]},
+       "added_tokens": [{"id": 257, "content": "<s>", "special": True}],
+       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False}}
+open(f"{sys.argv[2]}/loader_corpus/minimal.json", "w").write(json.dumps(doc))
+PY
+
+export MF_FUZZ_TOKENIZER_DIR="$SHARED/fixtures/tokenizer/gpt2"
+export ASAN_OPTIONS=detect_leaks=1
+"$OUT_DIR/tokenizer_encode_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=4096 -print_final_stats=1 \
+  "$OUT_DIR/encode_corpus" 2>&1 | tail -n 4
+"$OUT_DIR/tokenizer_loader_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -rss_limit_mb=4096 \
+  -print_final_stats=1 "$OUT_DIR/loader_corpus" 2>&1 | tail -n 4
+echo "fuzzing finished without findings"
