@@ -1,0 +1,186 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
+namespace mf {
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kCancelled: return "cancelled";
+    default: return "none";
+  }
+}
+
+Engine::Engine(std::unique_ptr<Model> model, std::shared_ptr<const Tokenizer> tokenizer, const EngineConfig& config)
+    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), config_(config) {
+  scheduler_ = std::make_unique<Scheduler>(config_.scheduler, model_->kv_cache().allocator());
+  PublishStats();
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+int Engine::max_sequence_tokens() const {
+  const BlockAllocator& allocator = model_->kv_cache().allocator();
+  return std::min(config_.max_context, allocator.num_blocks() * allocator.block_size());
+}
+
+absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, UpdateCallback on_update) {
+  const ModelConfig& model_config = model_->config();
+  if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: is empty");
+  for (int32_t token : request.prompt) {
+    if (token < 0 || token >= model_config.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt: token id ", token, " out of range [0, ", model_config.vocab_size, ")"));
+    }
+  }
+  if (request.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens: must be at least 1");
+  const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens;
+  if (total > max_sequence_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: prompt (", request.prompt.size(), " tokens) + ",
+                                                   request.max_new_tokens, " new tokens exceeds the context limit of ",
+                                                   max_sequence_tokens()));
+  }
+  if (!request.stop.empty() && tokenizer_ == nullptr) {
+    return absl::InvalidArgumentError("stop: stop strings need a tokenizer, and this model has none");
+  }
+
+  auto sequence = std::make_unique<Sequence>();
+  sequence->arrival_time = absl::Now();
+  sequence->tokens = request.prompt;
+  sequence->prompt_length = request.prompt.size();
+  for (int32_t token : request.prompt) sequence->history.Add(token, /*is_output=*/false);
+  sequence->rng.seed(request.seed.has_value() ? *request.seed : std::random_device{}());
+  if (tokenizer_ != nullptr) {
+    sequence->decoder = std::make_unique<IncrementalDecoder>(*tokenizer_, request.skip_special_tokens);
+    sequence->stop_matcher = std::make_unique<StopMatcher>(request.stop);
+  }
+  sequence->request = std::move(request);
+  sequence->on_update = std::move(on_update);
+
+  absl::MutexLock lock(&mutex_);
+  if (!accepting_ || stopping_) return absl::UnavailableError("server is draining; retry on another replica");
+  if (static_cast<int>(inbox_.size()) + stats_.waiting >= config_.max_waiting) {
+    return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", config_.max_waiting, " waiting)"));
+  }
+  sequence->id = next_id_++;
+  const uint64_t id = sequence->id;
+  inbox_.push_back(std::move(sequence));
+  idle_ = false;
+  return id;
+}
+
+void Engine::Cancel(uint64_t id) {
+  absl::MutexLock lock(&mutex_);
+  cancels_.push_back(id);
+}
+
+void Engine::StopAccepting() {
+  absl::MutexLock lock(&mutex_);
+  accepting_ = false;
+}
+
+bool Engine::WaitUntilIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mutex_);
+  return mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::IsIdle), timeout);
+}
+
+EngineStats Engine::stats() const {
+  absl::MutexLock lock(&mutex_);
+  return stats_;
+}
+
+void Engine::Loop() {
+  while (true) {
+    const bool has_work = !scheduler_->idle();
+    {
+      absl::MutexLock lock(&mutex_);
+      if (!has_work) mutex_.Await(absl::Condition(this, &Engine::HasInboxOrStop));
+      if (stopping_) break;
+    }
+    TakeInbox();
+    SweepCancelledAndExpired();
+    const SchedulePlan plan = scheduler_->Schedule();
+    if (!plan.empty()) RunStep(plan);
+    PublishStats();
+    if (plan.empty() && !scheduler_->idle()) {
+      absl::MutexLock lock(&mutex_);  // nothing could run this step: wait briefly for a change
+      mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::HasInboxOrStop), absl::Milliseconds(1));
+    }
+  }
+  FailAll(absl::UnavailableError("server is shutting down"));
+}
+
+void Engine::TakeInbox() {
+  std::deque<std::unique_ptr<Sequence>> arrivals;
+  std::vector<uint64_t> cancels;
+  {
+    absl::MutexLock lock(&mutex_);
+    arrivals.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  for (std::unique_ptr<Sequence>& sequence : arrivals) {
+    scheduler_->AddWaiting(sequence.get());
+    const uint64_t id = sequence->id;
+    sequences_.emplace(id, std::move(sequence));
+  }
+  for (uint64_t id : cancels) {
+    auto it = sequences_.find(id);
+    if (it != sequences_.end()) it->second->cancel_requested = true;
+  }
+}
+
+void Engine::SweepCancelledAndExpired() {
+  const absl::Time now = absl::Now();
+  std::vector<Sequence*> done;
+  for (auto& [id, sequence] : sequences_) {
+    if (sequence->cancel_requested || now >= sequence->request.deadline) done.push_back(sequence.get());
+  }
+  for (Sequence* sequence : done) {
+    const bool expired = !sequence->cancel_requested;
+    Finish(*sequence, FinishReason::kCancelled,
+           expired ? absl::DeadlineExceededError("deadline exceeded before generation finished") : absl::OkStatus(),
+           GenerationUpdate{});
+  }
+}
+
+void Engine::FailAll(const absl::Status& status) {
+  std::vector<Sequence*> all;
+  for (auto& [id, sequence] : sequences_) all.push_back(sequence.get());
+  for (Sequence* sequence : all) Finish(*sequence, FinishReason::kCancelled, status, GenerationUpdate{});
+  absl::MutexLock lock(&mutex_);
+  for (auto& sequence : inbox_) {
+    GenerationUpdate update;
+    update.finished = true;
+    update.finish_reason = FinishReason::kCancelled;
+    update.status = status;
+    sequence->on_update(std::move(update));
+  }
+  inbox_.clear();
+}
+
+void Engine::PublishStats() {
+  const BlockAllocator& allocator = model_->kv_cache().allocator();
+  absl::MutexLock lock(&mutex_);
+  stats_.running = scheduler_->num_running();
+  stats_.waiting = scheduler_->num_waiting();
+  stats_.kv_blocks_used = allocator.num_used_blocks();
+  stats_.kv_blocks_total = allocator.num_blocks();
+  stats_.prefix_cache_hit_tokens = scheduler_->prefix_cache_hit_tokens();
+  stats_.preemptions = scheduler_->num_preemptions();
+  idle_ = scheduler_->idle() && inbox_.empty();
+}
+
+}  // namespace mf

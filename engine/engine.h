@@ -1,0 +1,97 @@
+// The serving engine: one loop thread owns the model, the scheduler and every
+// sequence. Other threads talk to it only through Submit/Cancel (a locked inbox)
+// and receive results through each request's callback, called on the loop thread.
+// One step is schedule -> forward pass -> postprocess (sample, detokenize, stop).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "engine/tokenizer.h"
+
+namespace mf {
+
+struct EngineConfig {
+  SchedulerConfig scheduler;
+  int max_waiting = 1024;      // queued requests before RESOURCE_EXHAUSTED
+  int max_context = 4096;      // prompt + generated tokens per sequence
+};
+
+// Counters readable from any thread.
+struct EngineStats {
+  int running = 0;
+  int waiting = 0;
+  int kv_blocks_used = 0;
+  int kv_blocks_total = 0;
+  int64_t prefix_cache_hit_tokens = 0;
+  int64_t preemptions = 0;
+  int64_t steps = 0;
+};
+
+class Engine {
+ public:
+  // `tokenizer` may be null: requests then carry token ids and get no text back.
+  Engine(std::unique_ptr<Model> model, std::shared_ptr<const Tokenizer> tokenizer, const EngineConfig& config);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request. InvalidArgument for a request the model cannot run,
+  // ResourceExhausted when the queue is full, Unavailable while draining.
+  absl::StatusOr<uint64_t> Submit(GenerationRequest request, UpdateCallback on_update);
+  // The request finishes with FinishReason::kCancelled within one step (no-op if already done).
+  void Cancel(uint64_t id);
+  // Refuses new requests from now on; running ones continue.
+  void StopAccepting();
+  bool WaitUntilIdle(absl::Duration timeout);
+
+  EngineStats stats() const;
+  const ModelConfig& model_config() const { return model_->config(); }
+  const Model& model() const { return *model_; }
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  const EngineConfig& config() const { return config_; }
+  int max_sequence_tokens() const;
+
+ private:
+  void Loop();
+  void TakeInbox();
+  void SweepCancelledAndExpired();
+  void RunStep(const SchedulePlan& plan);
+  void Postprocess(const SchedulePlan& plan, const ForwardOutput& output);
+  bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
+  void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);
+  void FailAll(const absl::Status& status);
+  void PublishStats();
+  bool HasInboxOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return stopping_ || !inbox_.empty() || !cancels_.empty();
+  }
+  bool IsIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return idle_ && inbox_.empty(); }
+
+  std::unique_ptr<Model> model_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  EngineConfig config_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;  // loop thread only
+
+  mutable absl::Mutex mutex_;
+  std::deque<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);
+  std::vector<uint64_t> cancels_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  bool accepting_ ABSL_GUARDED_BY(mutex_) = true;
+  bool idle_ ABSL_GUARDED_BY(mutex_) = true;
+  EngineStats stats_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  std::thread thread_;
+};
+
+}  // namespace mf

@@ -1,0 +1,126 @@
+// One engine step after scheduling: the forward pass over the ragged batch, then
+// sampling, detokenization, stop checks and the updates sent to each request.
+#include <algorithm>
+
+#include "engine/engine.h"
+
+namespace mf {
+namespace {
+
+double Seconds(absl::Duration duration) { return absl::ToDoubleSeconds(duration); }
+
+TokenRouting RoutingAt(const ForwardOutput& output, int token_index) {
+  TokenRouting routing;
+  for (int mixture = 0; mixture < 2; ++mixture) {
+    for (const auto& layer : output.routing) {
+      const MixtureRouting& decisions = layer[static_cast<size_t>(mixture)];
+      const auto begin = static_cast<size_t>(token_index) * static_cast<size_t>(decisions.top_k);
+      routing.experts[mixture].emplace_back(decisions.experts.begin() + static_cast<int64_t>(begin),
+                                            decisions.experts.begin() + static_cast<int64_t>(begin) + decisions.top_k);
+      routing.gates[mixture].emplace_back(decisions.gates.begin() + static_cast<int64_t>(begin),
+                                          decisions.gates.begin() + static_cast<int64_t>(begin) + decisions.top_k);
+    }
+  }
+  return routing;
+}
+
+}  // namespace
+
+void Engine::RunStep(const SchedulePlan& plan) {
+  ForwardBatch batch;
+  const absl::Time now = absl::Now();
+  for (const ScheduledChunk& chunk : plan.chunks) {
+    Sequence& sequence = *chunk.sequence;
+    if (!sequence.first_scheduled_time.has_value()) sequence.first_scheduled_time = now;
+    const bool samples = chunk.num_tokens == sequence.num_pending();
+    batch.record_routing |= samples && sequence.request.return_routing;
+    batch.sequences.push_back(SequenceChunk{
+        absl::MakeConstSpan(sequence.tokens).subspan(static_cast<size_t>(sequence.num_cached),
+                                                     static_cast<size_t>(chunk.num_tokens)),
+        sequence.num_cached, sequence.block_table, /*all_logits=*/false});
+  }
+  absl::StatusOr<ForwardOutput> output = model_->Forward(batch);
+  if (!output.ok()) {
+    // A failed step leaves the cache contents undefined for these sequences: fail them, keep serving others.
+    for (const ScheduledChunk& chunk : plan.chunks) {
+      Finish(*chunk.sequence, FinishReason::kCancelled, absl::InternalError(output.status().message()),
+             GenerationUpdate{});
+    }
+    return;
+  }
+  scheduler_->CompleteStep(plan);
+  Postprocess(plan, *output);
+  absl::MutexLock lock(&mutex_);
+  ++stats_.steps;
+}
+
+void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) {
+  for (size_t index = 0; index < plan.chunks.size(); ++index) {
+    Sequence& sequence = *plan.chunks[index].sequence;
+    if (sequence.num_pending() > 0) continue;  // a prefill chunk that did not reach the end
+    const int row = output.logit_row_offsets[index + 1] - 1;
+    std::vector<float> logits(output.logits_row(row), output.logits_row(row) + output.vocab_size);
+    const SampleResult sample = Sample(logits, sequence.request.sampling, sequence.history, sequence.rng);
+
+    GenerationUpdate update;
+    if (sequence.request.return_logprobs) update.logprobs.push_back(sample);
+    if (sequence.request.return_routing) update.routing.push_back(RoutingAt(output, output.token_offsets[index + 1] - 1));
+    const bool finished = AppendToken(sequence, sample, update);
+    if (!finished) sequence.on_update(std::move(update));
+  }
+}
+
+// Appends a sampled token and releases its text. Returns true (and finishes the
+// sequence) when it ends the generation.
+bool Engine::AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update) {
+  const GenerationRequest& request = sequence.request;
+  const int32_t token = sample.token;
+  sequence.tokens.push_back(token);
+  sequence.history.Add(token, /*is_output=*/true);
+  if (!sequence.first_token_time.has_value()) sequence.first_token_time = absl::Now();
+  update.tokens.push_back(token);
+
+  FinishReason reason = FinishReason::kNone;
+  if (!request.ignore_eos && token == model_->config().eos_token_id) {
+    reason = FinishReason::kEos;
+  } else if (std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token) !=
+             request.stop_token_ids.end()) {
+    reason = FinishReason::kStop;
+  }
+  if (sequence.decoder != nullptr && reason == FinishReason::kNone) {
+    absl::StatusOr<std::string> piece = sequence.decoder->Push(token);
+    StopMatcher::Result released = sequence.stop_matcher->Push(piece.ok() ? *piece : std::string());
+    update.text += released.text;
+    if (released.stopped) reason = FinishReason::kStop;
+  }
+  if (reason == FinishReason::kNone && sequence.num_generated() >= request.max_new_tokens) {
+    reason = FinishReason::kLength;
+  }
+  if (reason == FinishReason::kNone) return false;
+  if (sequence.decoder != nullptr && !sequence.stop_matcher->stopped()) {
+    update.text += sequence.stop_matcher->Push(sequence.decoder->Finish()).text;
+    update.text += sequence.stop_matcher->Finish();
+  }
+  Finish(sequence, reason, absl::OkStatus(), std::move(update));
+  return true;
+}
+
+void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update) {
+  const absl::Time now = absl::Now();
+  update.finished = true;
+  update.finish_reason = reason;
+  update.status = std::move(status);
+  update.prompt_tokens = static_cast<int>(sequence.prompt_length);
+  update.completion_tokens = sequence.num_generated();
+  update.cached_prompt_tokens = sequence.cached_prompt_tokens;
+  update.queue_seconds = Seconds(sequence.first_scheduled_time.value_or(now) - sequence.arrival_time);
+  if (sequence.first_token_time.has_value()) {
+    update.time_to_first_token_seconds = Seconds(*sequence.first_token_time - sequence.arrival_time);
+  }
+  update.total_seconds = Seconds(now - sequence.arrival_time);
+  scheduler_->Remove(&sequence);
+  sequence.on_update(std::move(update));
+  sequences_.erase(sequence.id);
+}
+
+}  // namespace mf

@@ -1,0 +1,50 @@
+// Turning one sequence's logits into its next token: penalties, temperature,
+// top-k / top-p / min-p filtering and a seeded draw, plus log-probabilities.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+namespace mf {
+
+struct SamplingParams {
+  float temperature = 1.0f;  // 0: greedy
+  int top_k = 0;             // 0: off
+  float top_p = 1.0f;        // (0, 1]
+  float min_p = 0.0f;        // [0, 1]: drop tokens below min_p x the top probability
+  float repetition_penalty = 1.0f;  // > 0; applied to every token of prompt and output
+  float presence_penalty = 0.0f;    // subtracted once from each token already generated
+  float frequency_penalty = 0.0f;   // subtracted per occurrence in the output
+  int num_logprobs = 0;             // top-n alternatives to report per token
+  bool greedy() const { return temperature == 0.0f; }
+};
+
+// Tokens a sequence has seen, for the penalties.
+struct TokenHistory {
+  std::unordered_map<int32_t, int> output_counts;
+  std::vector<bool> seen;  // prompt or output, indexed by token id
+
+  void Add(int32_t token, bool is_output);
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+};
+
+struct SampleResult {
+  int32_t token = 0;
+  float logprob = 0;                 // of the chosen token under the model (raw logits)
+  std::vector<TokenLogprob> top;     // the model's most likely tokens, when asked
+};
+
+// `logits` is modified in place (penalties and temperature applied).
+SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history,
+                    std::mt19937_64& rng);
+
+// Model log-probabilities: log-softmax of raw logits, the chosen token's and the top n.
+void FillLogprobs(const std::vector<float>& raw_logits, int num_top, SampleResult* result);
+
+}  // namespace mf
