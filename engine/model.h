@@ -60,6 +60,7 @@ class Model {
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return *backend_; }
   KvCache& kv_cache() { return *kv_cache_; }
+  const KvCache& kv_cache() const { return *kv_cache_; }
   int num_experts(int layer, Mixture mixture) const;
 
  private:

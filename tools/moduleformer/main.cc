@@ -8,8 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cpu_backend.h"
-#include "engine/status_macros.h"
+#include "engine/model_loader.h"
 #include "tools/moduleformer/commands.h"
 
 ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors)");
@@ -22,25 +21,14 @@ ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 namespace mf::cli {
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags() {
-  const std::string model_dir = absl::GetFlag(FLAGS_model);
-  const std::string random_config = absl::GetFlag(FLAGS_random_weights);
-  if (model_dir.empty() == random_config.empty()) {
-    return absl::InvalidArgumentError("give exactly one of --model DIR or --random-weights CONFIG");
-  }
-  ModelWeights weights;
-  if (!model_dir.empty()) {
-    MF_ASSIGN_OR_RETURN(weights, LoadWeights(model_dir));
-  } else {
-    MF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(random_config));
-    weights = RandomWeights(config, absl::GetFlag(FLAGS_seed));
-  }
-  if (absl::GetFlag(FLAGS_device) != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat("--device: unknown backend '", absl::GetFlag(FLAGS_device), "'"));
-  }
-  KvCacheOptions cache_options;
-  cache_options.block_size = absl::GetFlag(FLAGS_block_size);
-  cache_options.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
-  return Model::Create(weights, MakeCpuBackend(), cache_options);
+  ModelSource source;
+  source.model_dir = absl::GetFlag(FLAGS_model);
+  source.random_config = absl::GetFlag(FLAGS_random_weights);
+  source.seed = absl::GetFlag(FLAGS_seed);
+  source.device = absl::GetFlag(FLAGS_device);
+  source.cache.block_size = absl::GetFlag(FLAGS_block_size);
+  source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  return LoadModel(source);
 }
 
 }  // namespace mf::cli

@@ -1,0 +1,28 @@
+// Building a ready model from what a user names on the command line: a checkpoint
+// directory or a config with random weights, a backend, a KV cache size.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+
+namespace mf {
+
+struct ModelSource {
+  std::string model_dir;       // checkpoint directory, or
+  std::string random_config;   // config.json for random weights
+  uint64_t seed = 0;
+  std::string device = "cpu";
+  KvCacheOptions cache;
+};
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source);
+
+// The tokenizer in `tokenizer_dir`, else in `model_dir`; null when neither has one.
+absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizerIfPresent(const std::string& tokenizer_dir,
+                                                                        const std::string& model_dir);
+
+}  // namespace mf

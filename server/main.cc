@@ -1,0 +1,145 @@
+// moduleformer-server: serves a ModuleFormer / MoLM model over gRPC.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "engine/engine.h"
+#include "engine/model_loader.h"
+#include "server/command_line.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors [+ tokenizer])");
+ABSL_FLAG(std::string, random_weights, "", "Serve a random model of this config's shape instead of --model");
+ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
+ABSL_FLAG(std::string, tokenizer, "", "Tokenizer directory (default: the model directory, if it has one)");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
+ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free one and print it)");
+ABSL_FLAG(std::string, port_file, "", "Write the port actually bound to this file once serving");
+ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
+ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
+ABSL_FLAG(int32_t, max_batch_tokens, 2048, "Tokens per engine step, all requests together");
+ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
+ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int32_t, max_context, 4096, "Prompt + generated tokens per request");
+ABSL_FLAG(int32_t, drain_grace_seconds, 30, "On SIGTERM, time for in-flight requests to finish");
+ABSL_FLAG(int32_t, max_message_mb, 16, "Largest request message accepted");
+ABSL_FLAG(int32_t, max_concurrent_streams, 1024, "HTTP/2 streams per client connection");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls-key, serve TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
+
+namespace {
+
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) {
+    std::fprintf(stderr, "error: cannot read %s\n", path.c_str());
+    std::exit(1);
+  }
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+std::shared_ptr<grpc::ServerCredentials> Credentials() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+  if (cert.empty() != key.empty()) {
+    std::fprintf(stderr, "error: --tls-cert and --tls-key go together\n");
+    std::exit(2);
+  }
+  if (cert.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({ReadFileOrDie(key), ReadFileOrDie(cert)});
+  return grpc::SslServerCredentials(options);
+}
+
+std::unique_ptr<mf::Engine> StartEngine() {
+  mf::ModelSource source;
+  source.model_dir = absl::GetFlag(FLAGS_model);
+  source.random_config = absl::GetFlag(FLAGS_random_weights);
+  source.seed = absl::GetFlag(FLAGS_seed);
+  source.device = absl::GetFlag(FLAGS_device);
+  source.cache.block_size = absl::GetFlag(FLAGS_block_size);
+  source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  auto model = mf::LoadModel(source);
+  if (!model.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
+    std::exit(1);
+  }
+  auto tokenizer = mf::LoadTokenizerIfPresent(absl::GetFlag(FLAGS_tokenizer), source.model_dir);
+  if (!tokenizer.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(tokenizer.status().message()).c_str());
+    std::exit(1);
+  }
+  mf::EngineConfig config;
+  config.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  config.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
+  config.max_waiting = absl::GetFlag(FLAGS_max_queued);
+  config.max_context = absl::GetFlag(FLAGS_max_context);
+  return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("moduleformer-server --model DIR [--port 50051] [--device cpu] ...");
+  mf::ParseFlags(argc, argv);
+  // SIGTERM/SIGINT are taken synchronously by the main thread (sigwait); every
+  // thread started from here on inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::unique_ptr<mf::Engine> engine = StartEngine();
+  const std::string model_name = absl::GetFlag(FLAGS_model).empty() ? absl::GetFlag(FLAGS_random_weights)
+                                                                    : absl::GetFlag(FLAGS_model);
+  mf::server::ModuleFormerService service(*engine, model_name, absl::GetFlag(FLAGS_device));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, Credentials(), &selected_port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_mb) << 20);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, absl::GetFlag(FLAGS_max_concurrent_streams));
+  // Keepalive: find dead peers of long streams; tolerate clients pinging every 10 s.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || selected_port == 0) {
+    std::fprintf(stderr, "error: cannot listen on %s\n", address.c_str());
+    return 1;
+  }
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_port_file)) << selected_port << "\n";
+  }
+  std::fprintf(stderr, "moduleformer-server: serving %s on %s:%d (backend %s, tokenizer %s)\n", model_name.c_str(),
+               absl::GetFlag(FLAGS_host).c_str(), selected_port, absl::GetFlag(FLAGS_device).c_str(),
+               engine->tokenizer() != nullptr ? "yes" : "none");
+
+  int received = 0;
+  sigwait(&signals, &received);
+  std::fprintf(stderr, "moduleformer-server: signal %d, draining (grace %ds)\n", received,
+               absl::GetFlag(FLAGS_drain_grace_seconds));
+  server->GetHealthCheckService()->SetServingStatus(false);
+  engine->StopAccepting();
+  const bool drained = engine->WaitUntilIdle(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  engine.reset();
+  std::fprintf(stderr, "moduleformer-server: %s\n", drained ? "drained, exiting" : "grace period over, exiting");
+  return 0;
+}

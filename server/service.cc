@@ -1,0 +1,207 @@
+#include "server/service.h"
+
+#include <deque>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "server/request_conversion.h"
+
+namespace mf::server {
+namespace {
+
+namespace pb = moduleformer::v1;
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+absl::StatusOr<uint64_t> SubmitRequest(Engine& engine, grpc::CallbackServerContext* context,
+                                       const pb::GenerateRequest& request, UpdateCallback on_update) {
+  absl::StatusOr<GenerationRequest> converted = ToGenerationRequest(request, engine.tokenizer(), engine.model_config());
+  if (!converted.ok()) return converted.status();
+  converted->deadline = DeadlineOf(context);
+  return engine.Submit(*std::move(converted), std::move(on_update));
+}
+
+// Unary Generate: accumulates the updates into the response, finishes on the last.
+class GenerateReactor : public grpc::ServerUnaryReactor {
+ public:
+  GenerateReactor(Engine& engine, grpc::CallbackServerContext* context, const pb::GenerateRequest& request,
+                  pb::GenerateResponse* response)
+      : engine_(engine), response_(response) {
+    absl::Status submitted;
+    {
+      // Held until the id is stored: an update cannot finish (and delete) a half-built reactor.
+      absl::MutexLock lock(&mutex_);
+      absl::StatusOr<uint64_t> id =
+          SubmitRequest(engine, context, request, [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
+      submitted = id.status();
+      if (id.ok()) id_ = *id;
+    }
+    if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mutex_);
+    engine_.Cancel(id_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  // Engine thread. The reactor lives until Finish, which only the final update calls.
+  void OnUpdate(GenerationUpdate&& update) {
+    {
+      absl::MutexLock lock(&mutex_);
+      AppendUpdate(update, response_);
+      if (!update.finished) return;
+    }
+    Finish(ToGrpcStatus(update.status));
+  }
+
+  Engine& engine_;
+  pb::GenerateResponse* response_;
+  absl::Mutex mutex_;
+  uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+// Server streaming: one message per engine update, written one at a time. Updates
+// that arrive during a write queue up; the final message is followed by Finish.
+class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
+ public:
+  StreamReactor(Engine& engine, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
+      : engine_(engine) {
+    absl::Status submitted;
+    {
+      absl::MutexLock lock(&mutex_);  // see GenerateReactor
+      absl::StatusOr<uint64_t> id =
+          SubmitRequest(engine, context, request, [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
+      submitted = id.status();
+      if (id.ok()) id_ = *id;
+    }
+    if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      writing_ = false;
+      if (!ok) {
+        client_gone_ = true;
+        engine_.Cancel(id_);  // the client is gone; the engine's final update ends the call
+      }
+    }
+    Pump();
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mutex_);
+    engine_.Cancel(id_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void OnUpdate(GenerationUpdate&& update) {
+    {
+      absl::MutexLock lock(&mutex_);
+      pending_.push_back(ToStreamResponse(update));
+      if (update.finished) {
+        final_received_ = true;
+        final_status_ = ToGrpcStatus(update.status);
+      }
+    }
+    Pump();
+  }
+
+  // Starts the next write, or Finish after the last one. gRPC calls happen outside
+  // the lock; `writing_` keeps a second thread from starting a concurrent write.
+  void Pump() {
+    enum class Action { kNone, kWrite, kFinish } action = Action::kNone;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (writing_ || finish_called_) return;
+      if (client_gone_) pending_.clear();
+      if (!pending_.empty()) {
+        current_ = std::move(pending_.front());
+        pending_.pop_front();
+        writing_ = true;
+        action = Action::kWrite;
+      } else if (final_received_) {
+        finish_called_ = true;
+        action = Action::kFinish;
+      }
+    }
+    if (action == Action::kWrite) StartWrite(&current_);
+    if (action == Action::kFinish) Finish(final_status_);
+  }
+
+  Engine& engine_;
+  absl::Mutex mutex_;
+  uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::deque<pb::StreamResponse> pending_ ABSL_GUARDED_BY(mutex_);
+  pb::StreamResponse current_;  // the message being written
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finish_called_ ABSL_GUARDED_BY(mutex_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::Status final_status_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ModuleFormerService::Generate(grpc::CallbackServerContext* context,
+                                                        const pb::GenerateRequest* request,
+                                                        pb::GenerateResponse* response) {
+  return new GenerateReactor(engine_, context, *request, response);
+}
+
+grpc::ServerWriteReactor<pb::StreamResponse>* ModuleFormerService::Stream(grpc::CallbackServerContext* context,
+                                                                          const pb::GenerateRequest* request) {
+  return new StreamReactor(engine_, context, *request);
+}
+
+grpc::ServerUnaryReactor* ModuleFormerService::Tokenize(grpc::CallbackServerContext* context,
+                                                        const pb::TokenizeRequest* request,
+                                                        pb::TokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (engine_.tokenizer() == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
+    return reactor;
+  }
+  const std::vector<int32_t> ids = engine_.tokenizer()->Encode(request->text(), {request->allow_special_tokens()});
+  response->mutable_token_ids()->Add(ids.begin(), ids.end());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ModuleFormerService::ModelInfo(grpc::CallbackServerContext* context,
+                                                         const pb::ModelInfoRequest*, pb::ModelInfoResponse* response) {
+  const ModelConfig& config = engine_.model_config();
+  response->set_model_name(model_name_);
+  response->set_backend(backend_name_);
+  response->set_vocab_size(static_cast<uint32_t>(config.vocab_size));
+  response->set_n_layer(static_cast<uint32_t>(config.n_layer));
+  response->set_n_embd(static_cast<uint32_t>(config.n_embd));
+  response->set_n_head(static_cast<uint32_t>(config.n_head));
+  response->set_att_hidden(static_cast<uint32_t>(config.att_hidden));
+  response->set_ffd_hidden(static_cast<uint32_t>(config.ffd_hidden));
+  response->set_k_att(static_cast<uint32_t>(config.k_att));
+  response->set_k_mlp(static_cast<uint32_t>(config.k_mlp));
+  for (int layer = 0; layer < config.n_layer; ++layer) {
+    pb::LayerExperts* experts = response->add_layers();
+    experts->set_attention_experts(static_cast<uint32_t>(engine_.model().num_experts(layer, Mixture::kAttention)));
+    experts->set_mlp_experts(static_cast<uint32_t>(engine_.model().num_experts(layer, Mixture::kMlp)));
+  }
+  response->set_eos_token_id(static_cast<uint32_t>(config.eos_token_id));
+  response->set_has_tokenizer(engine_.tokenizer() != nullptr);
+  response->set_max_context_tokens(static_cast<uint32_t>(engine_.max_sequence_tokens()));
+  const BlockAllocator& allocator = engine_.model().kv_cache().allocator();
+  response->set_kv_block_size(static_cast<uint32_t>(allocator.block_size()));
+  response->set_kv_blocks(static_cast<uint32_t>(allocator.num_blocks()));
+  response->set_max_batch_tokens(static_cast<uint32_t>(engine_.config().scheduler.max_batch_tokens));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace mf::server
