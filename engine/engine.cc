@@ -90,6 +90,7 @@ void Engine::Cancel(uint64_t id) {
 void Engine::StopAccepting() {
   absl::MutexLock lock(&mutex_);
   accepting_ = false;
+  stats_.draining = true;
 }
 
 bool Engine::WaitUntilIdle(absl::Duration timeout) {

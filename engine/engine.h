@@ -36,6 +36,7 @@ struct EngineStats {
   int64_t prefix_cache_hit_tokens = 0;
   int64_t preemptions = 0;
   int64_t steps = 0;
+  bool draining = false;
 };
 
 class Engine {

@@ -26,6 +26,7 @@ ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free one and print it)");
 ABSL_FLAG(std::string, port_file, "", "Write the port actually bound to this file once serving");
 ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
+ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-cache-mb when > 0)");
 ABSL_FLAG(int32_t, max_batch_tokens, 2048, "Tokens per engine step, all requests together");
 ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
 ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
@@ -69,6 +70,7 @@ std::unique_ptr<mf::Engine> StartEngine() {
   source.device = absl::GetFlag(FLAGS_device);
   source.cache.block_size = absl::GetFlag(FLAGS_block_size);
   source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  source.cache.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);
   auto model = mf::LoadModel(source);
   if (!model.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());

@@ -204,4 +204,20 @@ grpc::ServerUnaryReactor* ModuleFormerService::ModelInfo(grpc::CallbackServerCon
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ModuleFormerService::GetLoad(grpc::CallbackServerContext* context, const pb::LoadRequest*,
+                                                       pb::LoadResponse* response) {
+  const EngineStats stats = engine_.stats();
+  response->set_running_requests(static_cast<uint32_t>(stats.running));
+  response->set_waiting_requests(static_cast<uint32_t>(stats.waiting));
+  response->set_kv_blocks_used(static_cast<uint32_t>(stats.kv_blocks_used));
+  response->set_kv_blocks_total(static_cast<uint32_t>(stats.kv_blocks_total));
+  response->set_prefix_cache_hit_tokens(static_cast<uint64_t>(stats.prefix_cache_hit_tokens));
+  response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
+  response->set_steps(static_cast<uint64_t>(stats.steps));
+  response->set_draining(stats.draining);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 }  // namespace mf::server

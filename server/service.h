@@ -26,6 +26,8 @@ class ModuleFormerService final : public moduleformer::v1::ModuleFormer::Callbac
   grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* context,
                                       const moduleformer::v1::ModelInfoRequest* request,
                                       moduleformer::v1::ModelInfoResponse* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const moduleformer::v1::LoadRequest* request,
+                                    moduleformer::v1::LoadResponse* response) override;
 
  private:
   Engine& engine_;

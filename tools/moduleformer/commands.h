@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -12,7 +13,11 @@ namespace mf::cli {
 // Loads --model DIR, or builds --random-weights CONFIG, onto --device.
 absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags();
 
+// Arguments left after flag parsing (e.g. the prompt text of `generate --server`).
+std::vector<std::string>& PositionalArguments();
+
 int RunVerify();
+int RunRemoteGenerate();
 int RunGenerate();
 int RunTokenize();
 

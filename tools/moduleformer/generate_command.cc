@@ -10,10 +10,12 @@
 
 ABSL_FLAG(std::string, prompt_ids, "", "Comma-separated prompt token ids");
 ABSL_FLAG(int32_t, max_new_tokens, 16, "Number of tokens to generate");
+ABSL_FLAG(std::string, server, "", "HOST:PORT of a running moduleformer-server: generate there, streaming");
 
 namespace mf::cli {
 
 int RunGenerate() {
+  if (!absl::GetFlag(FLAGS_server).empty()) return RunRemoteGenerate();
   std::vector<int32_t> prompt;
   for (absl::string_view piece : absl::StrSplit(absl::GetFlag(FLAGS_prompt_ids), ',', absl::SkipWhitespace())) {
     int32_t id;

@@ -5,10 +5,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "engine/model_loader.h"
+#include "server/command_line.h"
 #include "tools/moduleformer/commands.h"
 
 ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors)");
@@ -19,6 +19,11 @@ ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache size in MiB");
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 
 namespace mf::cli {
+
+std::vector<std::string>& PositionalArguments() {
+  static std::vector<std::string> arguments;
+  return arguments;
+}
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags() {
   ModelSource source;
@@ -35,28 +40,12 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags() {
 
 namespace {
 
-// Flags are spelled with dashes on the command line (--max-new-tokens) and with
-// underscores in code; Abseil knows only the latter.
-std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
-  std::vector<std::string> args;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && arg.rfind("--", 0) == 0) {
-      const size_t name_end = std::min(arg.find('='), arg.size());
-      for (size_t c = 2; c < name_end; ++c) {
-        if (arg[c] == '-') arg[c] = '_';
-      }
-    }
-    args.push_back(std::move(arg));
-  }
-  return args;
-}
-
 constexpr char kUsage[] =
     "moduleformer <command> [flags]\n"
     "commands:\n"
     "  verify   --model DIR --cases FILE      check logits, routing and greedy tokens against reference cases\n"
     "  generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N   greedy generation, prints new token ids\n"
+    "  generate --server HOST:PORT \"text\" [--prompt-ids ...]   stream a completion from a running server\n"
     "  tokenize --tokenizer DIR [--decode]   text on stdin -> JSON ids (or JSON ids -> text)\n"
     "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
 
@@ -69,11 +58,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = argv[1];
-  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> args(argv, argv + argc);
   args.erase(args.begin() + 1);
-  std::vector<char*> arg_pointers;
-  for (std::string& arg : args) arg_pointers.push_back(arg.data());
-  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
+  mf::cli::PositionalArguments() = mf::ParseFlags(static_cast<int>(args.size()), args.data());
 
   if (command == "verify") return mf::cli::RunVerify();
   if (command == "generate") return mf::cli::RunGenerate();

@@ -1,0 +1,124 @@
+"""Starts a real moduleformer-server on a free port and talks to it with grpcio.
+
+The client code is generated from the project's proto at test time with Debian's
+protoc and grpc_python_plugin (protobuf-compiler, protobuf-compiler-grpc), which
+match the installed Python runtime (python3-protobuf 3.21); Debian's
+python3-grpc-tools bundles protoc 3.5, which predates proto3 `optional`.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVER = os.environ.get("MF_SERVER_BIN", os.path.join(ROOT, "build", "moduleformer-server"))
+CLI = os.environ.get("MF_CLI_BIN", os.path.join(ROOT, "build", "moduleformer"))
+SHARED = os.environ.get("MF_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared"))
+FIXTURES = os.path.join(SHARED, "fixtures")
+
+
+def _generate_stubs():
+    out = tempfile.mkdtemp(prefix="mf-pb-")
+    subprocess.run(["protoc", "-I", os.path.join(ROOT, "proto"), f"--python_out={out}", f"--grpc_out={out}",
+                    "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
+                    os.path.join(ROOT, "proto", "moduleformer", "v1", "moduleformer.proto")], check=True)
+    sys.path.insert(0, out)
+
+
+_generate_stubs()
+from moduleformer.v1 import moduleformer_pb2 as pb  # noqa: E402
+from moduleformer.v1 import moduleformer_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def _read(path):
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read().strip()
+
+
+def reference_dir(name):
+    return os.path.join(FIXTURES, "reference", name)
+
+
+def reference_names():
+    root = os.path.join(FIXTURES, "reference")
+    return sorted(n for n in os.listdir(root) if os.path.exists(os.path.join(root, n, "cases.json")))
+
+
+def load_cases(name):
+    with open(os.path.join(reference_dir(name), "cases.json")) as f:
+        return json.load(f)["cases"]
+
+
+def health_status(channel, timeout=5):
+    """grpc.health.v1 Check with hand-encoded messages: 1 = SERVING, 2 = NOT_SERVING."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    reply = check(b"", timeout=timeout)
+    return reply[1] if len(reply) >= 2 else 0
+
+
+class Server:
+    """A moduleformer-server process on a free loopback port."""
+
+    def __init__(self, model, *flags, tls=None):
+        self.workdir = tempfile.mkdtemp(prefix="mf-server-")
+        port_file = os.path.join(self.workdir, "port")
+        self.log_path = os.path.join(self.workdir, "server.log")
+        args = [SERVER, "--model", model, "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
+                "--kv-cache-mb", "64", *flags]
+        if tls:
+            args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while not _read(port_file):
+            if self.process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start: {_read(self.log_path)}")
+            time.sleep(0.05)
+        self.port = int(_read(port_file))
+        self.address = f"127.0.0.1:{self.port}"
+        if tls:
+            with open(tls[0], "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self.channel = grpc.secure_channel(f"localhost:{self.port}", credentials)
+        else:
+            self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.ModuleFormerStub(self.channel)
+
+    def load(self):
+        return self.stub.GetLoad(pb.LoadRequest(), timeout=10)
+
+    def wait_idle(self, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            load = self.load()
+            if load.running_requests == 0 and load.waiting_requests == 0:
+                return load
+            time.sleep(0.05)
+        raise AssertionError(f"server not idle after {timeout}s: {self.load()}")
+
+    def terminate(self):
+        self.process.send_signal(signal.SIGTERM)
+
+    def close(self):
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def greedy_request(prompt, max_new_tokens, **extra):
+    return pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompt), max_new_tokens=max_new_tokens, temperature=0.0,
+                              ignore_eos=True, **extra)
