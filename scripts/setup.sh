@@ -10,7 +10,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools
   prometheus nginx-light
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev openssl
 )
 
 missing=()

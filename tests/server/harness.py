@@ -42,6 +42,10 @@ def _read(path):
         return f.read().strip()
 
 
+TEXT_MODEL = os.path.join(ROOT, "tests", "server", "data", "tiny-gpt2-vocab.json")
+GPT2_TOKENIZER = os.path.join(FIXTURES, "tokenizer", "gpt2")
+
+
 def reference_dir(name):
     return os.path.join(FIXTURES, "reference", name)
 
@@ -68,10 +72,12 @@ class Server:
     """A moduleformer-server process on a free loopback port."""
 
     def __init__(self, model, *flags, tls=None):
+        """`model`: a checkpoint directory, or a config .json for random weights."""
         self.workdir = tempfile.mkdtemp(prefix="mf-server-")
         port_file = os.path.join(self.workdir, "port")
         self.log_path = os.path.join(self.workdir, "server.log")
-        args = [SERVER, "--model", model, "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
+        source = ["--random-weights", model] if model.endswith(".json") else ["--model", model]
+        args = [SERVER, *source, "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
                 "--kv-cache-mb", "64", *flags]
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1]]

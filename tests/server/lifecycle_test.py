@@ -1,0 +1,82 @@
+"""Health, reflection, TLS, and draining on SIGTERM."""
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+
+import harness
+from harness import pb
+
+
+class LifecycleTest(unittest.TestCase):
+    def test_health_and_reflection(self):
+        server = harness.Server(harness.reference_dir("molm-tiny"))
+        try:
+            self.assertEqual(harness.health_status(server.channel), 1)  # SERVING
+            # ServerReflectionRequest{list_services: ""} is field 7, an empty string.
+            reflection = server.channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            replies = list(reflection(iter([b"\x3a\x00"]), timeout=10))
+            self.assertIn(b"moduleformer.v1.ModuleFormer", replies[0])
+            self.assertIn(b"grpc.health.v1.Health", replies[0])
+        finally:
+            server.close()
+
+    def test_sigterm_drains_in_flight_requests_and_exits_cleanly(self):
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-grace-seconds", "20")
+        try:
+            case = harness.load_cases("molm-tiny")[3]
+            # A long generation that is in flight when SIGTERM arrives.
+            request = harness.greedy_request(case["prompt"], 2000)
+            stream = server.stub.Stream(request, timeout=60)
+            first = next(stream)
+            server.terminate()
+            deadline = time.time() + 10
+            while harness.health_status(server.channel) != 2 and time.time() < deadline:
+                time.sleep(0.02)
+            self.assertEqual(harness.health_status(server.channel), 2)  # NOT_SERVING
+            with self.assertRaises(grpc.RpcError) as raised:
+                server.stub.Generate(harness.greedy_request([1, 2], 4), timeout=10)
+            self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            self.assertTrue(server.load().draining)
+            rest = list(stream)
+            tokens = list(first.token_ids) + [t for m in rest for t in m.token_ids]
+            self.assertEqual(len(tokens), 2000)
+            self.assertEqual(tokens[:len(case["greedy"])], case["greedy"])
+            self.assertEqual(rest[-1].finish_reason, pb.FINISH_REASON_LENGTH)
+            self.assertEqual(server.process.wait(timeout=30), 0)
+        finally:
+            server.close()
+
+    def test_tls(self):
+        workdir = tempfile.mkdtemp(prefix="mf-tls-")
+        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        server = harness.Server(harness.reference_dir("molm-tiny"), tls=(cert, key))
+        try:
+            case = harness.load_cases("molm-tiny")[0]
+            reply = server.stub.Generate(harness.greedy_request(case["prompt"], len(case["greedy"])), timeout=30)
+            self.assertEqual(list(reply.token_ids), case["greedy"])
+            plain = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+            with self.assertRaises(grpc.RpcError):
+                harness.pb_grpc.ModuleFormerStub(plain).ModelInfo(pb.ModelInfoRequest(), timeout=5)
+            plain.close()
+        finally:
+            server.close()
+
+    def test_bad_checkpoint_fails_at_startup_naming_the_problem(self):
+        result = subprocess.run([harness.SERVER, "--model", "/nonexistent/model", "--port", "0"],
+                                capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("/nonexistent/model", result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
