@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Starts moduleformer-server on a loopback port and measures it with bench/loadgen:
+# closed loop at concurrency 1, 8 and 32, then an open loop at a fixed rate.
+# Usage: scripts/bench_serving.sh [server flags...]   (default: the molm-tiny fixture)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR="${BUILD_DIR:-build}"
+SHARED="${MF_SHARED_DIR:-$PWD/../shared}"
+flags=("$@")
+[ ${#flags[@]} -gt 0 ] || flags=(--model "$SHARED/fixtures/reference/molm-tiny")
+workdir=$(mktemp -d)
+"$BUILD_DIR/moduleformer-server" "${flags[@]}" --host 127.0.0.1 --port 0 --port-file "$workdir/port" \
+  > "$workdir/server.log" 2>&1 &
+server_pid=$!
+trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; rm -rf "$workdir"' EXIT
+for _ in $(seq 1 600); do [ -s "$workdir/port" ] && break; sleep 0.1; done
+address="127.0.0.1:$(cat "$workdir/port")"
+echo "server: ${flags[*]} on $address ($(nproc) CPUs)"
+for concurrency in 1 8 32; do
+  "$BUILD_DIR/bench/loadgen" --server "$address" --mode closed --concurrency "$concurrency" \
+    --requests "${REQUESTS:-64}" --prompt-tokens "${PROMPT_TOKENS:-128}" --max-new-tokens "${NEW_TOKENS:-64}"
+  echo
+done
+"$BUILD_DIR/bench/loadgen" --server "$address" --mode open --rate "${RATE:-20}" \
+  --requests "${REQUESTS:-64}" --prompt-tokens "${PROMPT_TOKENS:-128}" --max-new-tokens "${NEW_TOKENS:-64}"
