@@ -20,6 +20,11 @@ const char* FinishReasonName(FinishReason reason) {
 Engine::Engine(std::unique_ptr<Model> model, std::shared_ptr<const Tokenizer> tokenizer, const EngineConfig& config)
     : model_(std::move(model)), tokenizer_(std::move(tokenizer)), config_(config) {
   scheduler_ = std::make_unique<Scheduler>(config_.scheduler, model_->kv_cache().allocator());
+  std::vector<std::array<int, 2>> experts_per_layer;
+  for (int layer = 0; layer < model_->config().n_layer; ++layer) {
+    experts_per_layer.push_back({model_->num_experts(layer, Mixture::kAttention), model_->num_experts(layer, Mixture::kMlp)});
+  }
+  expert_stats_ = std::make_unique<ExpertStats>(std::move(experts_per_layer));
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -181,6 +186,9 @@ void Engine::PublishStats() {
   stats_.kv_blocks_total = allocator.num_blocks();
   stats_.prefix_cache_hit_tokens = scheduler_->prefix_cache_hit_tokens();
   stats_.preemptions = scheduler_->num_preemptions();
+  stats_.preempted_waiting = scheduler_->num_preempted_waiting();
+  stats_.step_seconds = step_seconds_;
+  stats_.metrics_seconds = metrics_seconds_;
   idle_ = scheduler_->idle() && inbox_.empty();
 }
 

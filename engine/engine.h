@@ -14,7 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/expert_stats.h"
 #include "engine/model.h"
+#include "engine/observer.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "engine/tokenizer.h"
@@ -25,6 +27,7 @@ struct EngineConfig {
   SchedulerConfig scheduler;
   int max_waiting = 1024;      // queued requests before RESOURCE_EXHAUSTED
   int max_context = 4096;      // prompt + generated tokens per sequence
+  EngineObserver* observer = nullptr;  // not owned; outlives the engine
 };
 
 // Counters readable from any thread.
@@ -36,6 +39,9 @@ struct EngineStats {
   int64_t prefix_cache_hit_tokens = 0;
   int64_t preemptions = 0;
   int64_t steps = 0;
+  int preempted_waiting = 0;      // waiting to be recomputed after a preemption
+  double step_seconds = 0;        // total time in engine steps
+  double metrics_seconds = 0;     // of which recording statistics and metrics
   bool draining = false;
 };
 
@@ -61,6 +67,7 @@ class Engine {
   const Model& model() const { return *model_; }
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
   const EngineConfig& config() const { return config_; }
+  ExpertStats& expert_stats() { return *expert_stats_; }
   int max_sequence_tokens() const;
 
  private:
@@ -69,6 +76,7 @@ class Engine {
   void SweepCancelledAndExpired();
   void RunStep(const SchedulePlan& plan);
   void Postprocess(const SchedulePlan& plan, const ForwardOutput& output);
+  void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);
   void FailAll(const absl::Status& status);
@@ -82,6 +90,8 @@ class Engine {
   std::shared_ptr<const Tokenizer> tokenizer_;
   EngineConfig config_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ExpertStats> expert_stats_;
+  double step_seconds_ = 0, metrics_seconds_ = 0;  // loop thread only; published in stats_
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;  // loop thread only
 
   mutable absl::Mutex mutex_;

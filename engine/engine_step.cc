@@ -28,12 +28,11 @@ TokenRouting RoutingAt(const ForwardOutput& output, int token_index) {
 
 void Engine::RunStep(const SchedulePlan& plan) {
   ForwardBatch batch;
+  batch.record_routing = true;  // expert statistics count every routed token
   const absl::Time now = absl::Now();
   for (const ScheduledChunk& chunk : plan.chunks) {
     Sequence& sequence = *chunk.sequence;
     if (!sequence.first_scheduled_time.has_value()) sequence.first_scheduled_time = now;
-    const bool samples = chunk.num_tokens == sequence.num_pending();
-    batch.record_routing |= samples && sequence.request.return_routing;
     batch.sequences.push_back(SequenceChunk{
         absl::MakeConstSpan(sequence.tokens).subspan(static_cast<size_t>(sequence.num_cached),
                                                      static_cast<size_t>(chunk.num_tokens)),
@@ -49,9 +48,27 @@ void Engine::RunStep(const SchedulePlan& plan) {
     return;
   }
   scheduler_->CompleteStep(plan);
+  RecordStatistics(plan, *output, now);
   Postprocess(plan, *output);
+  step_seconds_ += Seconds(absl::Now() - now);
   absl::MutexLock lock(&mutex_);
   ++stats_.steps;
+}
+
+void Engine::RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start) {
+  const absl::Time start = absl::Now();
+  std::vector<const std::string*> token_tags(static_cast<size_t>(output.token_offsets.back()));
+  for (size_t index = 0; index < plan.chunks.size(); ++index) {
+    for (int token = output.token_offsets[index]; token < output.token_offsets[index + 1]; ++token) {
+      token_tags[static_cast<size_t>(token)] = &plan.chunks[index].sequence->request.stats_tag;
+    }
+  }
+  expert_stats_->Record(output, token_tags, start);
+  if (config_.observer != nullptr) {
+    config_.observer->OnStep(Seconds(start - step_start), static_cast<int>(token_tags.size()),
+                             static_cast<int>(plan.chunks.size()));
+  }
+  metrics_seconds_ += Seconds(absl::Now() - start);
 }
 
 void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) {
@@ -77,7 +94,12 @@ bool Engine::AppendToken(Sequence& sequence, const SampleResult& sample, Generat
   const int32_t token = sample.token;
   sequence.tokens.push_back(token);
   sequence.history.Add(token, /*is_output=*/true);
-  if (!sequence.first_token_time.has_value()) sequence.first_token_time = absl::Now();
+  const absl::Time now = absl::Now();
+  if (!sequence.first_token_time.has_value()) sequence.first_token_time = now;
+  if (sequence.last_token_time.has_value() && config_.observer != nullptr) {
+    config_.observer->OnInterTokenLatency(Seconds(now - *sequence.last_token_time));
+  }
+  sequence.last_token_time = now;
   update.tokens.push_back(token);
 
   FinishReason reason = FinishReason::kNone;
@@ -119,6 +141,7 @@ void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status
   }
   update.total_seconds = Seconds(now - sequence.arrival_time);
   scheduler_->Remove(&sequence);
+  if (config_.observer != nullptr) config_.observer->OnRequestFinished(update);
   sequence.on_update(std::move(update));
   sequences_.erase(sequence.id);
 }

@@ -66,6 +66,23 @@ absl::Status Model::Upload(const ModelWeights& weights) {
     MF_ASSIGN_OR_RETURN(layer.mlp, UploadMixture(backend, host.mlp));
     layers_.push_back(std::move(layer));
   }
+  weight_bytes_ = 0;
+  auto add = [this](const Tensor* tensor) {
+    if (!tensor->empty()) weight_bytes_ += static_cast<int64_t>(tensor->num_bytes());
+  };
+  for (const Tensor* tensor : {&wte_, &ln_f_weight_, &ln_f_bias_, &lm_head_}) add(tensor);
+  for (const DeviceLayer& layer : layers_) {
+    for (const Tensor* tensor : {&layer.ln1_weight, &layer.ln1_bias, &layer.ln2_weight, &layer.ln2_bias, &layer.k_weight,
+                                 &layer.k_bias, &layer.v_weight, &layer.v_bias}) {
+      add(tensor);
+    }
+    for (const DeviceMixture* mixture : {&layer.attention, &layer.mlp}) {
+      for (const Tensor* tensor : {&mixture->router_w1, &mixture->router_b1, &mixture->router_w2, &mixture->experts_in,
+                                   &mixture->experts_out}) {
+        add(tensor);
+      }
+    }
+  }
   return absl::OkStatus();
 }
 

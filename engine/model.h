@@ -62,6 +62,7 @@ class Model {
   KvCache& kv_cache() { return *kv_cache_; }
   const KvCache& kv_cache() const { return *kv_cache_; }
   int num_experts(int layer, Mixture mixture) const;
+  int64_t weight_bytes() const { return weight_bytes_; }  // device memory held by the weights
 
  private:
   struct DeviceMixture;
@@ -84,6 +85,7 @@ class Model {
   std::unique_ptr<KvCache> kv_cache_;
   Tensor wte_, ln_f_weight_, ln_f_bias_, lm_head_;
   std::vector<DeviceLayer> layers_;
+  int64_t weight_bytes_ = 0;
 };
 
 }  // namespace mf

@@ -141,6 +141,11 @@ void Scheduler::CompleteStep(const SchedulePlan& plan) {
   }
 }
 
+int Scheduler::num_preempted_waiting() const {
+  return static_cast<int>(std::count_if(waiting_.begin(), waiting_.end(),
+                                        [](const Sequence* sequence) { return sequence->num_preemptions > 0; }));
+}
+
 void Scheduler::Remove(Sequence* sequence) {
   allocator_.Release(sequence->block_table);
   sequence->block_table.clear();

@@ -46,6 +46,7 @@ class Scheduler {
   int num_running() const { return static_cast<int>(running_.size()); }
   int64_t prefix_cache_hit_tokens() const { return prefix_cache_hit_tokens_; }
   int64_t num_preemptions() const { return num_preemptions_; }
+  int num_preempted_waiting() const;
   bool idle() const { return waiting_.empty() && running_.empty(); }
 
  private:

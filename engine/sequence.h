@@ -33,6 +33,7 @@ struct GenerationRequest {
   bool return_logprobs = false;
   bool skip_special_tokens = true;
   absl::Time deadline = absl::InfiniteFuture();
+  std::string stats_tag;  // expert statistics can be filtered by this tag
 };
 
 // Experts chosen at the position that predicted one generated token.
@@ -65,7 +66,7 @@ struct Sequence {
   GenerationRequest request;
   UpdateCallback on_update;
   absl::Time arrival_time;
-  std::optional<absl::Time> first_scheduled_time, first_token_time;
+  std::optional<absl::Time> first_scheduled_time, first_token_time, last_token_time;
 
   std::vector<int32_t> tokens;  // prompt, then generated
   size_t prompt_length = 0;

@@ -24,6 +24,8 @@ ABSL_FLAG(std::string, device, "cpu", "Backend: cpu");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free one and print it)");
 ABSL_FLAG(std::string, port_file, "", "Write the port actually bound to this file once serving");
+ABSL_FLAG(int32_t, metrics_port, 9400, "Prometheus /metrics port (0: pick a free one; -1: no exporter)");
+ABSL_FLAG(std::string, metrics_port_file, "", "Write the metrics port actually bound to this file");
 ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-cache-mb when > 0)");
@@ -62,7 +64,7 @@ std::shared_ptr<grpc::ServerCredentials> Credentials() {
   return grpc::SslServerCredentials(options);
 }
 
-std::unique_ptr<mf::Engine> StartEngine() {
+std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   mf::ModelSource source;
   source.model_dir = absl::GetFlag(FLAGS_model);
   source.random_config = absl::GetFlag(FLAGS_random_weights);
@@ -86,6 +88,7 @@ std::unique_ptr<mf::Engine> StartEngine() {
   config.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
   config.max_waiting = absl::GetFlag(FLAGS_max_queued);
   config.max_context = absl::GetFlag(FLAGS_max_context);
+  config.observer = observer;
   return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
 }
 
@@ -102,10 +105,25 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::unique_ptr<mf::Engine> engine = StartEngine();
   const std::string model_name = absl::GetFlag(FLAGS_model).empty() ? absl::GetFlag(FLAGS_random_weights)
                                                                     : absl::GetFlag(FLAGS_model);
-  mf::server::ModuleFormerService service(*engine, model_name, absl::GetFlag(FLAGS_device));
+  const bool export_metrics = absl::GetFlag(FLAGS_metrics_port) >= 0;
+  auto metrics = std::make_unique<mf::server::ServerMetrics>(model_name, absl::GetFlag(FLAGS_device));
+  std::unique_ptr<mf::Engine> engine = StartEngine(export_metrics ? metrics.get() : nullptr);
+  if (export_metrics) {
+    metrics->AttachEngine(engine.get());
+    const std::string metrics_address =
+        absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_metrics_port));
+    if (absl::Status status = metrics->StartExposer(metrics_address); !status.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+      return 1;
+    }
+    if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+      std::ofstream(absl::GetFlag(FLAGS_metrics_port_file)) << metrics->port() << "\n";
+    }
+  }
+  mf::server::ModuleFormerService service(*engine, model_name, absl::GetFlag(FLAGS_device),
+                                          export_metrics ? metrics.get() : nullptr);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -129,9 +147,9 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_port_file)) << selected_port << "\n";
   }
-  std::fprintf(stderr, "moduleformer-server: serving %s on %s:%d (backend %s, tokenizer %s)\n", model_name.c_str(),
-               absl::GetFlag(FLAGS_host).c_str(), selected_port, absl::GetFlag(FLAGS_device).c_str(),
-               engine->tokenizer() != nullptr ? "yes" : "none");
+  std::fprintf(stderr, "moduleformer-server: serving %s on %s:%d, metrics on port %d (backend %s, tokenizer %s)\n",
+               model_name.c_str(), absl::GetFlag(FLAGS_host).c_str(), selected_port, metrics->port(),
+               absl::GetFlag(FLAGS_device).c_str(), engine->tokenizer() != nullptr ? "yes" : "none");
 
   int received = 0;
   sigwait(&signals, &received);
@@ -141,6 +159,7 @@ int main(int argc, char** argv) {
   engine->StopAccepting();
   const bool drained = engine->WaitUntilIdle(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  metrics->DetachEngine();
   engine.reset();
   std::fprintf(stderr, "moduleformer-server: %s\n", drained ? "drained, exiting" : "grace period over, exiting");
   return 0;

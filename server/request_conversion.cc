@@ -95,6 +95,8 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const pb::GenerateRequest&
   out.return_routing = request.return_routing();
   out.return_logprobs = request.return_logprobs() || request.logprobs() > 0;
   out.skip_special_tokens = !request.keep_special_tokens();
+  if (request.stats_tag().size() > 128) return FieldError("stats_tag", "at most 128 bytes");
+  out.stats_tag = request.stats_tag();
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "server/service.h"
 
+#include <algorithm>
 #include <deque>
 
 #include "absl/synchronization/mutex.h"
@@ -10,6 +11,13 @@ namespace mf::server {
 namespace {
 
 namespace pb = moduleformer::v1;
+
+// Finishes a call and counts it by method and status.
+template <typename Reactor>
+void FinishCounted(Reactor* reactor, ServerMetrics* metrics, const char* rpc, const grpc::Status& status) {
+  if (metrics != nullptr) metrics->CountRequest(rpc, status.error_code());
+  reactor->Finish(status);
+}
 
 absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   const auto deadline = context->deadline();
@@ -28,9 +36,9 @@ absl::StatusOr<uint64_t> SubmitRequest(Engine& engine, grpc::CallbackServerConte
 // Unary Generate: accumulates the updates into the response, finishes on the last.
 class GenerateReactor : public grpc::ServerUnaryReactor {
  public:
-  GenerateReactor(Engine& engine, grpc::CallbackServerContext* context, const pb::GenerateRequest& request,
-                  pb::GenerateResponse* response)
-      : engine_(engine), response_(response) {
+  GenerateReactor(Engine& engine, ServerMetrics* metrics, grpc::CallbackServerContext* context,
+                  const pb::GenerateRequest& request, pb::GenerateResponse* response)
+      : engine_(engine), metrics_(metrics), response_(response) {
     absl::Status submitted;
     {
       // Held until the id is stored: an update cannot finish (and delete) a half-built reactor.
@@ -40,7 +48,7 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
       submitted = id.status();
       if (id.ok()) id_ = *id;
     }
-    if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
+    if (!submitted.ok()) FinishCounted(this, metrics_, "Generate", ToGrpcStatus(submitted));
   }
 
   void OnCancel() override {
@@ -57,10 +65,11 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
       AppendUpdate(update, response_);
       if (!update.finished) return;
     }
-    Finish(ToGrpcStatus(update.status));
+    FinishCounted(this, metrics_, "Generate", ToGrpcStatus(update.status));
   }
 
   Engine& engine_;
+  ServerMetrics* metrics_;
   pb::GenerateResponse* response_;
   absl::Mutex mutex_;
   uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
@@ -70,8 +79,9 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
 // that arrive during a write queue up; the final message is followed by Finish.
 class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
  public:
-  StreamReactor(Engine& engine, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
-      : engine_(engine) {
+  StreamReactor(Engine& engine, ServerMetrics* metrics, grpc::CallbackServerContext* context,
+                const pb::GenerateRequest& request)
+      : engine_(engine), metrics_(metrics) {
     absl::Status submitted;
     {
       absl::MutexLock lock(&mutex_);  // see GenerateReactor
@@ -80,7 +90,7 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
       submitted = id.status();
       if (id.ok()) id_ = *id;
     }
-    if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
+    if (!submitted.ok()) FinishCounted(this, metrics_, "Stream", ToGrpcStatus(submitted));
   }
 
   void OnWriteDone(bool ok) override {
@@ -132,10 +142,11 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
       }
     }
     if (action == Action::kWrite) StartWrite(&current_);
-    if (action == Action::kFinish) Finish(final_status_);
+    if (action == Action::kFinish) FinishCounted(this, metrics_, "Stream", final_status_);
   }
 
   Engine& engine_;
+  ServerMetrics* metrics_;
   absl::Mutex mutex_;
   uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
   std::deque<pb::StreamResponse> pending_ ABSL_GUARDED_BY(mutex_);
@@ -152,12 +163,12 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
 grpc::ServerUnaryReactor* ModuleFormerService::Generate(grpc::CallbackServerContext* context,
                                                         const pb::GenerateRequest* request,
                                                         pb::GenerateResponse* response) {
-  return new GenerateReactor(engine_, context, *request, response);
+  return new GenerateReactor(engine_, metrics_, context, *request, response);
 }
 
 grpc::ServerWriteReactor<pb::StreamResponse>* ModuleFormerService::Stream(grpc::CallbackServerContext* context,
                                                                           const pb::GenerateRequest* request) {
-  return new StreamReactor(engine_, context, *request);
+  return new StreamReactor(engine_, metrics_, context, *request);
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::Tokenize(grpc::CallbackServerContext* context,
@@ -165,12 +176,13 @@ grpc::ServerUnaryReactor* ModuleFormerService::Tokenize(grpc::CallbackServerCont
                                                         pb::TokenizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (engine_.tokenizer() == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
+    FinishCounted(reactor, metrics_, "Tokenize",
+                  grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
     return reactor;
   }
   const std::vector<int32_t> ids = engine_.tokenizer()->Encode(request->text(), {request->allow_special_tokens()});
   response->mutable_token_ids()->Add(ids.begin(), ids.end());
-  reactor->Finish(grpc::Status::OK);
+  FinishCounted(reactor, metrics_, "Tokenize", grpc::Status::OK);
   return reactor;
 }
 
@@ -200,7 +212,7 @@ grpc::ServerUnaryReactor* ModuleFormerService::ModelInfo(grpc::CallbackServerCon
   response->set_kv_blocks(static_cast<uint32_t>(allocator.num_blocks()));
   response->set_max_batch_tokens(static_cast<uint32_t>(engine_.config().scheduler.max_batch_tokens));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  FinishCounted(reactor, metrics_, "ModelInfo", grpc::Status::OK);
   return reactor;
 }
 
@@ -216,7 +228,32 @@ grpc::ServerUnaryReactor* ModuleFormerService::GetLoad(grpc::CallbackServerConte
   response->set_steps(static_cast<uint64_t>(stats.steps));
   response->set_draining(stats.draining);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  FinishCounted(reactor, metrics_, "GetLoad", grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ModuleFormerService::ExpertStats(grpc::CallbackServerContext* context,
+                                                           const pb::ExpertStatsRequest* request,
+                                                           pb::ExpertStatsResponse* response) {
+  const ExpertStats::Window window = engine_.expert_stats().SinceReset(request->stats_tag(), request->reset());
+  response->set_tokens(window.tokens);
+  response->set_seconds_since_reset(absl::ToDoubleSeconds(window.since_reset));
+  response->set_stats_tag(request->stats_tag());
+  for (size_t layer = 0; layer < window.counts.size(); ++layer) {
+    pb::LayerExpertStats* stats = response->add_layers();
+    stats->set_layer(static_cast<uint32_t>(layer));
+    pb::MixtureExpertStats* mixtures[2] = {stats->mutable_attention(), stats->mutable_mlp()};
+    for (int mixture = 0; mixture < 2; ++mixture) {
+      const std::vector<uint64_t>& counts = window.counts[layer][mixture];
+      const uint64_t peak = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
+      for (uint64_t count : counts) {
+        mixtures[mixture]->add_counts(count);
+        mixtures[mixture]->add_frequency(peak > 0 ? static_cast<double>(count) / static_cast<double>(peak) : 0.0);
+      }
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  FinishCounted(reactor, metrics_, "ExpertStats", grpc::Status::OK);
   return reactor;
 }
 

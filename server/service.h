@@ -7,13 +7,16 @@
 
 #include "engine/engine.h"
 #include "moduleformer/v1/moduleformer.grpc.pb.h"
+#include "server/metrics.h"
 
 namespace mf::server {
 
 class ModuleFormerService final : public moduleformer::v1::ModuleFormer::CallbackService {
  public:
-  ModuleFormerService(Engine& engine, std::string model_name, std::string backend_name)
-      : engine_(engine), model_name_(std::move(model_name)), backend_name_(std::move(backend_name)) {}
+  // `metrics` may be null (no exporter).
+  ModuleFormerService(Engine& engine, std::string model_name, std::string backend_name, ServerMetrics* metrics)
+      : engine_(engine), model_name_(std::move(model_name)), backend_name_(std::move(backend_name)),
+        metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const moduleformer::v1::GenerateRequest* request,
@@ -28,11 +31,15 @@ class ModuleFormerService final : public moduleformer::v1::ModuleFormer::Callbac
                                       moduleformer::v1::ModelInfoResponse* response) override;
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const moduleformer::v1::LoadRequest* request,
                                     moduleformer::v1::LoadResponse* response) override;
+  grpc::ServerUnaryReactor* ExpertStats(grpc::CallbackServerContext* context,
+                                        const moduleformer::v1::ExpertStatsRequest* request,
+                                        moduleformer::v1::ExpertStatsResponse* response) override;
 
  private:
   Engine& engine_;
   std::string model_name_;
   std::string backend_name_;
+  ServerMetrics* metrics_;
 };
 
 }  // namespace mf::server

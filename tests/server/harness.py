@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 
@@ -75,10 +76,11 @@ class Server:
         """`model`: a checkpoint directory, or a config .json for random weights."""
         self.workdir = tempfile.mkdtemp(prefix="mf-server-")
         port_file = os.path.join(self.workdir, "port")
+        metrics_port_file = os.path.join(self.workdir, "metrics_port")
         self.log_path = os.path.join(self.workdir, "server.log")
         source = ["--random-weights", model] if model.endswith(".json") else ["--model", model]
         args = [SERVER, *source, "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
-                "--kv-cache-mb", "64", *flags]
+                "--metrics-port", "0", "--metrics-port-file", metrics_port_file, "--kv-cache-mb", "64", *flags]
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         self.log = open(self.log_path, "w")
@@ -89,6 +91,7 @@ class Server:
                 raise RuntimeError(f"server did not start: {_read(self.log_path)}")
             time.sleep(0.05)
         self.port = int(_read(port_file))
+        self.metrics_port = int(_read(metrics_port_file) or 0)
         self.address = f"127.0.0.1:{self.port}"
         if tls:
             with open(tls[0], "rb") as f:
@@ -97,6 +100,11 @@ class Server:
         else:
             self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.ModuleFormerStub(self.channel)
+
+    def scrape(self):
+        """The /metrics exposition text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            return reply.read().decode()
 
     def load(self):
         return self.stub.GetLoad(pb.LoadRequest(), timeout=10)
@@ -128,3 +136,30 @@ class Server:
 def greedy_request(prompt, max_new_tokens, **extra):
     return pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompt), max_new_tokens=max_new_tokens, temperature=0.0,
                               ignore_eos=True, **extra)
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels.items())): value} from a Prometheus text exposition."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        labels = {}
+        if "{" in series:
+            name, rest = series.split("{", 1)
+            for part in rest.rstrip("}").split(","):
+                if part:
+                    key, quoted = part.split("=", 1)
+                    labels[key] = quoted.strip('"')
+        else:
+            name = series
+        samples[(name, frozenset(labels.items()))] = float(value)
+    return samples
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -18,6 +18,7 @@ std::vector<std::string>& PositionalArguments();
 
 int RunVerify();
 int RunRemoteGenerate();
+int RunExpertStats();
 int RunGenerate();
 int RunTokenize();
 

@@ -47,6 +47,7 @@ constexpr char kUsage[] =
     "  generate --model DIR --prompt-ids 1,2,3 --max-new-tokens N   greedy generation, prints new token ids\n"
     "  generate --server HOST:PORT \"text\" [--prompt-ids ...]   stream a completion from a running server\n"
     "  tokenize --tokenizer DIR [--decode]   text on stdin -> JSON ids (or JSON ids -> text)\n"
+    "  expert-stats --server HOST:PORT [--tag T] [--reset] [--json]   expert selection counts of a server\n"
     "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
 
 }  // namespace
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   if (command == "verify") return mf::cli::RunVerify();
   if (command == "generate") return mf::cli::RunGenerate();
   if (command == "tokenize") return mf::cli::RunTokenize();
+  if (command == "expert-stats") return mf::cli::RunExpertStats();
   std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(), kUsage);
   return 2;
 }
