@@ -10,7 +10,7 @@ flags=("$@")
 [ ${#flags[@]} -gt 0 ] || flags=(--model "$SHARED/fixtures/reference/molm-tiny")
 workdir=$(mktemp -d)
 "$BUILD_DIR/moduleformer-server" "${flags[@]}" --host 127.0.0.1 --port 0 --port-file "$workdir/port" \
-  > "$workdir/server.log" 2>&1 &
+  --metrics-port 0 --metrics-port-file "$workdir/metrics_port" > "$workdir/server.log" 2>&1 &
 server_pid=$!
 trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; rm -rf "$workdir"' EXIT
 for _ in $(seq 1 600); do [ -s "$workdir/port" ] && break; sleep 0.1; done
@@ -23,3 +23,12 @@ for concurrency in 1 8 32; do
 done
 "$BUILD_DIR/bench/loadgen" --server "$address" --mode open --rate "${RATE:-20}" \
   --requests "${REQUESTS:-64}" --prompt-tokens "${PROMPT_TOKENS:-128}" --max-new-tokens "${NEW_TOKENS:-64}"
+echo
+# What recording expert statistics and metrics cost the engine, from its own counters.
+curl -s "http://127.0.0.1:$(cat "$workdir/metrics_port")/metrics" | awk '
+  /^moduleformer_engine_busy_seconds_total / {busy = $2}
+  /^moduleformer_metrics_recording_seconds_total / {recording = $2}
+  /^moduleformer_engine_steps_total / {steps = $2}
+  END {printf "engine: %d steps, %.3f s busy, metrics recording %.4f s = %.3f%% of step time\n",
+       steps, busy, recording, (busy > 0 ? 100 * recording / busy : 0)}'
+
