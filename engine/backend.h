@@ -49,15 +49,23 @@ struct AttentionShape {
   bool kv_identity = true;
 };
 
+// What a weight is used for: backends may store each kind differently (the CUDA
+// backend keeps routers and vectors in fp32 so routing decisions stay exact, and
+// stores expert, embedding and head matrices in bf16).
+enum class WeightUse { kVector, kRouter, kMatrix };
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
-  // Element type of activations and of the KV cache.
+  // Element type of activations, and of the KV cache.
   virtual DType activation_dtype() const = 0;
+  virtual DType kv_cache_dtype() const { return activation_dtype(); }
+  // The first failure of an asynchronous operation, if any (sticky).
+  virtual absl::Status status() const { return absl::OkStatus(); }
 
   // Memory.
-  virtual absl::StatusOr<Tensor> UploadWeight(const HostTensor& host) = 0;
+  virtual absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) = 0;
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
   virtual void CopyFromHost(const void* host, Tensor& dst) = 0;    // whole tensor
   virtual void CopyToHost(const Tensor& src, void* host) = 0;      // whole tensor; synchronises

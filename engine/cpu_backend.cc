@@ -32,7 +32,7 @@ absl::StatusOr<Tensor> AllocateHost(DType dtype, std::vector<int64_t> shape) {
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 
-absl::StatusOr<Tensor> CpuBackend::UploadWeight(const HostTensor& host) {
+absl::StatusOr<Tensor> CpuBackend::UploadWeight(const HostTensor& host, WeightUse) {
   auto tensor = AllocateHost(DType::kF32, host.shape);
   if (!tensor.ok()) return tensor.status();
   ConvertToFloat(host.dtype, host.data, static_cast<size_t>(host.num_elements()), tensor->as<float>());

@@ -11,7 +11,7 @@ class CpuBackend : public Backend {
   std::string name() const override { return "cpu"; }
   DType activation_dtype() const override { return DType::kF32; }
 
-  absl::StatusOr<Tensor> UploadWeight(const HostTensor& host) override;
+  absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) override;
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
   void CopyToHost(const Tensor& src, void* host) override;

@@ -111,7 +111,7 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const ModelConfig& con
   if (options.block_size <= 0) return absl::InvalidArgumentError("KV cache: block_size must be positive");
   const int64_t row_width = config.kv_width();
   const int64_t bytes_per_block = static_cast<int64_t>(options.block_size) * row_width *
-                                  static_cast<int64_t>(DTypeSize(backend.activation_dtype())) * config.n_layer;
+                                  static_cast<int64_t>(DTypeSize(backend.kv_cache_dtype())) * config.n_layer;
   int num_blocks = options.num_blocks;
   if (num_blocks <= 0) num_blocks = static_cast<int>(options.memory_bytes / bytes_per_block);
   if (num_blocks <= 0) {
@@ -120,7 +120,7 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const ModelConfig& con
   }
   KvCache cache(options.block_size, row_width, num_blocks);
   for (int64_t layer = 0; layer < config.n_layer; ++layer) {
-    MF_ASSIGN_OR_RETURN(Tensor tensor, backend.Allocate(backend.activation_dtype(),
+    MF_ASSIGN_OR_RETURN(Tensor tensor, backend.Allocate(backend.kv_cache_dtype(),
                                                         {static_cast<int64_t>(num_blocks) * options.block_size, row_width}));
     cache.layers_.push_back(std::move(tensor));
   }

@@ -23,11 +23,11 @@ absl::StatusOr<Model::DeviceMixture> Model::UploadMixture(Backend& backend, cons
   mixture.num_experts = static_cast<int>(host.num_experts);
   mixture.top_k = static_cast<int>(host.top_k);
   mixture.expert_hidden = host.expert_hidden;
-  MF_ASSIGN_OR_RETURN(mixture.router_w1, backend.UploadWeight(host.router_w1));
-  MF_ASSIGN_OR_RETURN(mixture.router_b1, backend.UploadWeight(host.router_b1));
-  MF_ASSIGN_OR_RETURN(mixture.router_w2, backend.UploadWeight(host.router_w2));
-  MF_ASSIGN_OR_RETURN(mixture.experts_in, backend.UploadWeight(host.experts_in));
-  MF_ASSIGN_OR_RETURN(mixture.experts_out, backend.UploadWeight(host.experts_out));
+  MF_ASSIGN_OR_RETURN(mixture.router_w1, backend.UploadWeight(host.router_w1, WeightUse::kRouter));
+  MF_ASSIGN_OR_RETURN(mixture.router_b1, backend.UploadWeight(host.router_b1, WeightUse::kRouter));
+  MF_ASSIGN_OR_RETURN(mixture.router_w2, backend.UploadWeight(host.router_w2, WeightUse::kRouter));
+  MF_ASSIGN_OR_RETURN(mixture.experts_in, backend.UploadWeight(host.experts_in, WeightUse::kMatrix));
+  MF_ASSIGN_OR_RETURN(mixture.experts_out, backend.UploadWeight(host.experts_out, WeightUse::kMatrix));
   return mixture;
 }
 
@@ -46,21 +46,21 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelWeights& weights
 
 absl::Status Model::Upload(const ModelWeights& weights) {
   Backend& backend = *backend_;
-  MF_ASSIGN_OR_RETURN(wte_, backend.UploadWeight(weights.wte));
-  MF_ASSIGN_OR_RETURN(ln_f_weight_, backend.UploadWeight(weights.ln_f_weight));
-  MF_ASSIGN_OR_RETURN(ln_f_bias_, backend.UploadWeight(weights.ln_f_bias));
-  MF_ASSIGN_OR_RETURN(lm_head_, backend.UploadWeight(weights.lm_head));
+  MF_ASSIGN_OR_RETURN(wte_, backend.UploadWeight(weights.wte, WeightUse::kMatrix));
+  MF_ASSIGN_OR_RETURN(ln_f_weight_, backend.UploadWeight(weights.ln_f_weight, WeightUse::kVector));
+  MF_ASSIGN_OR_RETURN(ln_f_bias_, backend.UploadWeight(weights.ln_f_bias, WeightUse::kVector));
+  MF_ASSIGN_OR_RETURN(lm_head_, backend.UploadWeight(weights.lm_head, WeightUse::kMatrix));
   for (const LayerWeights& host : weights.layers) {
     DeviceLayer layer;
-    MF_ASSIGN_OR_RETURN(layer.ln1_weight, backend.UploadWeight(host.ln1_weight));
-    MF_ASSIGN_OR_RETURN(layer.ln1_bias, backend.UploadWeight(host.ln1_bias));
-    MF_ASSIGN_OR_RETURN(layer.ln2_weight, backend.UploadWeight(host.ln2_weight));
-    MF_ASSIGN_OR_RETURN(layer.ln2_bias, backend.UploadWeight(host.ln2_bias));
+    MF_ASSIGN_OR_RETURN(layer.ln1_weight, backend.UploadWeight(host.ln1_weight, WeightUse::kVector));
+    MF_ASSIGN_OR_RETURN(layer.ln1_bias, backend.UploadWeight(host.ln1_bias, WeightUse::kVector));
+    MF_ASSIGN_OR_RETURN(layer.ln2_weight, backend.UploadWeight(host.ln2_weight, WeightUse::kVector));
+    MF_ASSIGN_OR_RETURN(layer.ln2_bias, backend.UploadWeight(host.ln2_bias, WeightUse::kVector));
     if (!config_.kv_is_identity()) {
-      MF_ASSIGN_OR_RETURN(layer.k_weight, backend.UploadWeight(host.k_weight));
-      MF_ASSIGN_OR_RETURN(layer.k_bias, backend.UploadWeight(host.k_bias));
-      MF_ASSIGN_OR_RETURN(layer.v_weight, backend.UploadWeight(host.v_weight));
-      MF_ASSIGN_OR_RETURN(layer.v_bias, backend.UploadWeight(host.v_bias));
+      MF_ASSIGN_OR_RETURN(layer.k_weight, backend.UploadWeight(host.k_weight, WeightUse::kMatrix));
+      MF_ASSIGN_OR_RETURN(layer.k_bias, backend.UploadWeight(host.k_bias, WeightUse::kVector));
+      MF_ASSIGN_OR_RETURN(layer.v_weight, backend.UploadWeight(host.v_weight, WeightUse::kMatrix));
+      MF_ASSIGN_OR_RETURN(layer.v_bias, backend.UploadWeight(host.v_bias, WeightUse::kVector));
     }
     MF_ASSIGN_OR_RETURN(layer.attention, UploadMixture(backend, host.attention));
     MF_ASSIGN_OR_RETURN(layer.mlp, UploadMixture(backend, host.mlp));
@@ -122,6 +122,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
   backend_->Linear(normed, lm_head_, nullptr, logits);
   output.logits.resize(static_cast<size_t>(logits.num_elements()));
   backend_->ToFloat(logits, output.logits.data());
+  MF_RETURN_IF_ERROR(backend_->status());
   return output;
 }
 

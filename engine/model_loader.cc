@@ -1,5 +1,9 @@
 #include "engine/model_loader.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -7,14 +11,46 @@
 #include "engine/status_macros.h"
 
 namespace mf {
+namespace {
+
+// The CUDA backend lives in libmf_cuda_backend.so beside the executable (or at
+// $MF_CUDA_BACKEND), so that binaries load CUDA and cuBLAS only when asked to.
+absl::StatusOr<std::unique_ptr<Backend>> LoadCudaBackend(int device) {
+  std::string path;
+  if (const char* override_path = std::getenv("MF_CUDA_BACKEND")) {
+    path = override_path;
+  } else {
+    // Beside the executable, or one level up (build/bench/ tools use build/'s plugin).
+    const std::filesystem::path exe_dir = std::filesystem::read_symlink("/proc/self/exe").parent_path();
+    path = (exe_dir / "libmf_cuda_backend.so").string();
+    if (!std::filesystem::exists(path)) path = (exe_dir.parent_path() / "libmf_cuda_backend.so").string();
+  }
+  // Never closed: backend objects and their vtables live in the library.
+  void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (library == nullptr) return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", dlerror()));
+  using Factory = Backend* (*)(int, char*, size_t);
+  auto factory = reinterpret_cast<Factory>(dlsym(library, "mf_create_cuda_backend"));
+  if (factory == nullptr) return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", path, ": ", dlerror()));
+  char error[512] = {};
+  Backend* backend = factory(device, error, sizeof(error));
+  if (backend == nullptr) return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", error));
+  return std::unique_ptr<Backend>(backend);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device) {
+  if (device == "cpu") return MakeCpuBackend();
+  if (device == "cuda") return LoadCudaBackend(0);
+  if (device.rfind("cuda:", 0) == 0) return LoadCudaBackend(std::atoi(device.c_str() + 5));
+  return absl::InvalidArgumentError(absl::StrCat("--device: unknown backend '", device, "' (cpu, cuda, cuda:N)"));
+}
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
   if (source.model_dir.empty() == source.random_config.empty()) {
     return absl::InvalidArgumentError("give exactly one of --model DIR or --random-weights CONFIG");
   }
-  if (source.device != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat("--device: unknown backend '", source.device, "' (available: cpu)"));
-  }
+  MF_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(source.device));
   ModelWeights weights;
   if (!source.model_dir.empty()) {
     MF_ASSIGN_OR_RETURN(weights, LoadWeights(source.model_dir));
@@ -22,7 +58,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
     MF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(source.random_config));
     weights = RandomWeights(config, source.seed);
   }
-  return Model::Create(weights, MakeCpuBackend(), source.cache);
+  return Model::Create(weights, std::move(backend), source.cache);
 }
 
 absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizerIfPresent(const std::string& tokenizer_dir,

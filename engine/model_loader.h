@@ -19,6 +19,8 @@ struct ModelSource {
   KvCacheOptions cache;
 };
 
+// "cpu", "cuda" or "cuda:N".
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device);
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source);
 
 // The tokenizer in `tokenizer_dir`, else in `model_dir`; null when neither has one.

@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
-# Packs the CUDA test and benchmark binaries with the Debian shared libraries they
-# need (everything but glibc, libstdc++ and CUDA, which a GPU host has) into
-# .device/bundle, so they run on a GPU machine that lacks this project's packages.
+# Packs the CUDA tests, tools and benchmarks with the Debian shared libraries they
+# need (everything but glibc, libstdc++ and CUDA, which a GPU host has), the
+# reference fixtures and the configs into .device/bundle, so they run on a GPU
+# machine that lacks this project's packages: `bash scripts/gpu_test.sh` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build}"
+SHARED="${MF_SHARED_DIR:-$PWD/../shared}"
 BUNDLE=.device/bundle
-rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/lib"
-binaries=()
-for name in kernel_tests moduleformer; do
-  [ -x "$BUILD_DIR/$name" ] && binaries+=("$BUILD_DIR/$name")
-  [ -x "$BUILD_DIR/tests/$name" ] && binaries+=("$BUILD_DIR/tests/$name")
-done
+rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/lib" "$BUNDLE/bench" "$BUNDLE/shared/fixtures"
+binaries=("$BUILD_DIR/tests/kernel_tests" "$BUILD_DIR/moduleformer" "$BUILD_DIR/libmf_cuda_backend.so"
+          "$BUILD_DIR/bench/step_bench")
 for bin in "${binaries[@]}"; do
-  cp "$bin" "$BUNDLE/"
+  case "$bin" in */bench/*) cp "$bin" "$BUNDLE/bench/" ;; *) cp "$bin" "$BUNDLE/" ;; esac
   ldd "$bin" | awk '/=> \//{print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       libc.so*|libm.so*|libstdc++*|libgcc_s*|ld-linux*|libcuda*|libcublas*|libdl.so*|libpthread*|librt.so*) ;;
@@ -21,5 +20,10 @@ for bin in "${binaries[@]}"; do
     esac
   done
 done
-cp -r scripts "$BUNDLE/"
+cp -r "$SHARED/fixtures/reference" "$BUNDLE/shared/fixtures/"
+cp -r configs "$BUNDLE/"
 du -sh "$BUNDLE"
+# Compressed for transfer (OpenBLAS alone is 35 MB): unpack there with
+#   mkdir -p /tmp/bundle && tar -xJf .device/bundle.tar.xz -C /tmp/bundle
+tar -cJf .device/bundle.tar.xz -C "$BUNDLE" .
+du -sh .device/bundle.tar.xz

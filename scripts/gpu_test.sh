@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Runs on a GPU machine from the bundle made by scripts/gpu_bundle.sh: the CUDA
-# tests, then the same under compute-sanitizer memcheck. Results go to $OUT if set.
+# On a GPU machine, from the bundle made by scripts/gpu_bundle.sh: the CUDA tests,
+# the same under compute-sanitizer memcheck, `moduleformer verify --device cuda` on
+# every reference fixture, and the engine step benchmark on the MoLM-350M-4B shape.
+# Results go to $OUT if set. Set SKIP_MEMCHECK=1 or SKIP_BENCH=1 to shorten.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUNDLE="${BUNDLE:-.device/bundle}"
+BUNDLE="${BUNDLE:-$PWD/.device/bundle}"
 OUT="${OUT:-/tmp/mf-gpu}"
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$PWD/$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+export MF_SHARED_DIR="$BUNDLE/shared"
+export MF_CUDA_BACKEND="$BUNDLE/libmf_cuda_backend.so"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 status=0
-"$BUNDLE/kernel_tests" --gtest_brief=1 2>&1 | tee "$OUT/kernel_tests.txt" || status=1
-SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [ -n "$SANITIZER" ]; then
-  "$SANITIZER" --tool memcheck --error-exitcode 3 "$BUNDLE/kernel_tests" --gtest_brief=1 > "$OUT/memcheck.txt" 2>&1 \
-    || status=1
+"$BUNDLE/kernel_tests" 2>&1 | tee "$OUT/kernel_tests.txt" | grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|case [0-9]" || true
+grep -q "^\[  PASSED" "$OUT/kernel_tests.txt" && ! grep -q "FAILED" "$OUT/kernel_tests.txt" || status=1
+for dir in "$MF_SHARED_DIR"/fixtures/reference/*/; do
+  "$BUNDLE/moduleformer" verify --device cuda --model "$dir" --cases "$dir/cases.json" --logit-tolerance 5e-2 \
+    2>&1 | tee -a "$OUT/verify_cuda.txt" | tail -n 1 || status=1
+done
+if [ -z "${SKIP_MEMCHECK:-}" ]; then
+  SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  "$SANITIZER" --tool memcheck --error-exitcode 3 "$BUNDLE/kernel_tests" --gtest_brief=1 \
+    --gtest_filter="${MEMCHECK_FILTER:-*}" > "$OUT/memcheck.txt" 2>&1 || status=1
   tail -n 3 "$OUT/memcheck.txt"
-else
-  echo "compute-sanitizer not found" | tee "$OUT/memcheck.txt"
+fi
+if [ -z "${SKIP_BENCH:-}" ]; then
+  "$BUNDLE/bench/step_bench" --device cuda --random-weights "$BUNDLE/configs/molm-350m-4b.json" \
+    --decode-batches 1,256 --context 512 2>&1 | tee "$OUT/step_bench.txt" || status=1
 fi
 exit $status

@@ -1,0 +1,137 @@
+// Engine-level step benchmark on a model of a published shape with random weights:
+// prefill throughput and decode step time at a given batch and context, plus the
+// device's measured limits (copy bandwidth, bf16 GEMM rate) for the ratios.
+#include <chrono>
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "engine/model_loader.h"
+#include "server/command_line.h"
+#ifdef MF_WITH_CUDA
+#include "bench/roofline.h"
+#endif
+
+ABSL_FLAG(std::string, random_weights, "configs/molm-350m-4b.json", "Model config (random bf16 weights)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, decode_batches, "1,256", "Decode batch sizes");
+ABSL_FLAG(int32_t, context, 512, "Tokens already in each sequence's cache when decoding");
+ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
+ABSL_FLAG(int32_t, prefill_prompts, 32, "Prompts in the prefill measurement");
+ABSL_FLAG(int32_t, prefill_length, 512, "Tokens per prompt in the prefill measurement");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+struct Batch {
+  std::vector<std::vector<int32_t>> tokens, tables;
+  std::vector<int> cached;
+};
+
+// `count` sequences of `length` random tokens with blocks for `length + extra` tokens.
+Batch MakeBatch(mf::Model& model, int count, int length, int extra) {
+  Batch batch;
+  for (int s = 0; s < count; ++s) {
+    std::vector<int32_t> tokens(static_cast<size_t>(length));
+    for (int i = 0; i < length; ++i) tokens[static_cast<size_t>(i)] = (s * 7919 + i * 104729) % model.config().vocab_size;
+    batch.tokens.push_back(tokens);
+    auto blocks = model.kv_cache().allocator().Allocate(model.kv_cache().BlocksFor(length + extra));
+    if (!blocks.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(blocks.status().message()).c_str());
+      std::exit(1);
+    }
+    batch.tables.push_back(*blocks);
+    batch.cached.push_back(0);
+  }
+  return batch;
+}
+
+double Run(mf::Model& model, const Batch& batch, int tokens_each) {
+  mf::ForwardBatch forward;
+  for (size_t s = 0; s < batch.tokens.size(); ++s) {
+    forward.sequences.push_back({absl::MakeConstSpan(batch.tokens[s]).subspan(static_cast<size_t>(batch.cached[s]),
+                                                                              static_cast<size_t>(tokens_each)),
+                                 batch.cached[s], batch.tables[s]});
+  }
+  const auto start = Clock::now();
+  auto output = model.Forward(forward);
+  const double seconds = Seconds(start);
+  if (!output.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(output.status().message()).c_str());
+    std::exit(1);
+  }
+  return seconds;
+}
+
+void Release(mf::Model& model, const Batch& batch) {
+  for (const auto& table : batch.tables) model.kv_cache().allocator().Release(table);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("step_bench --random-weights CONFIG --device cuda");
+  mf::ParseFlags(argc, argv);
+  mf::ModelSource source;
+  source.random_config = absl::GetFlag(FLAGS_random_weights);
+  source.device = absl::GetFlag(FLAGS_device);
+  const int context = absl::GetFlag(FLAGS_context), steps = absl::GetFlag(FLAGS_steps);
+  std::vector<int> batches;
+  for (absl::string_view piece : absl::StrSplit(absl::GetFlag(FLAGS_decode_batches), ',')) {
+    int value;
+    if (absl::SimpleAtoi(piece, &value)) batches.push_back(value);
+  }
+  const int largest = *std::max_element(batches.begin(), batches.end());
+  const int prompts = absl::GetFlag(FLAGS_prefill_prompts), prompt_length = absl::GetFlag(FLAGS_prefill_length);
+  source.cache.block_size = 16;
+  source.cache.num_blocks = std::max(largest * ((context + steps + 2 + 15) / 16), prompts * ((prompt_length + 15) / 16)) + 16;
+  const auto load_start = Clock::now();
+  auto model = mf::LoadModel(source);
+  if (!model.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  std::printf("model %s on %s: %.2f GB weights, %.2f GB KV cache, built in %.1f s\n", source.random_config.c_str(),
+              source.device.c_str(), (*model)->weight_bytes() / 1e9, (*model)->kv_cache().memory_bytes() / 1e9,
+              Seconds(load_start));
+#ifdef MF_WITH_CUDA
+  if (source.device.rfind("cuda", 0) == 0) mf::bench::PrintRoofline();
+#endif
+
+  {  // prefill: all prompts in one ragged batch
+    Batch batch = MakeBatch(**model, prompts, prompt_length, 0);
+    Run(**model, batch, prompt_length);  // warm-up
+    const double seconds = Run(**model, batch, prompt_length);
+    std::printf("prefill %d x %d tokens: %.2f ms, %.0f tokens/s\n", prompts, prompt_length, seconds * 1e3,
+                prompts * prompt_length / seconds);
+    Release(**model, batch);
+  }
+  for (int batch_size : batches) {  // decode: one token per sequence per step on top of `context`
+    Batch batch = MakeBatch(**model, batch_size, context + steps + 2, 0);
+    for (size_t s = 0; s < batch.tokens.size(); ++s) batch.cached[s] = 0;
+    // Fill the context in chunks the size of the prefill measurement.
+    for (int filled = 0; filled < context;) {
+      const int chunk = std::min(context - filled, std::max(1, prompts * prompt_length / batch_size));
+      Run(**model, batch, chunk);
+      for (int& cached : batch.cached) cached += chunk;
+      filled += chunk;
+    }
+    std::vector<double> times;
+    for (int step = 0; step < steps + 2; ++step) {
+      times.push_back(Run(**model, batch, 1));
+      for (int& cached : batch.cached) cached += 1;
+    }
+    times.erase(times.begin(), times.begin() + 2);  // warm-up
+    std::sort(times.begin(), times.end());
+    const double median = times[times.size() / 2];
+    std::printf("decode batch %d, context %d: step median %.3f ms (min %.3f), %.0f tokens/s\n", batch_size, context,
+                median * 1e3, times.front() * 1e3, batch_size / median);
+    Release(**model, batch);
+  }
+  return 0;
+}

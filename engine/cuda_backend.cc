@@ -1,0 +1,262 @@
+#include "engine/cuda_backend.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/attention.h"
+#include "kernels/elementwise.h"
+#include "kernels/routing.h"
+
+namespace mf {
+namespace {
+
+template <typename T>
+T* Ptr(const Tensor& tensor) { return static_cast<T*>(tensor.data); }
+
+int Int(int64_t value) { return static_cast<int>(value); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count <= device) {
+    return absl::FailedPreconditionError(absl::StrCat("cuda: no CUDA device ", device, " (", count, " found)"));
+  }
+  std::unique_ptr<CudaBackend> backend(new CudaBackend());
+  backend->device_ = device;
+  if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking) != cudaSuccess) {
+    return absl::InternalError("cuda: cannot create a stream");
+  }
+  if (cublasCreate(&backend->cublas_) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError("cuda: cannot initialise cuBLAS");
+  }
+  // Step buffers come from the stream-ordered pool; keep freed memory in the pool.
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+    uint64_t keep_all = UINT64_MAX;
+    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all);
+  }
+  return backend;
+}
+
+CudaBackend::~CudaBackend() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::Check(cudaError_t error, const char* what) {
+  if (error != cudaSuccess && status_.ok()) {
+    status_ = absl::InternalError(absl::StrCat("cuda: ", what, ": ", cudaGetErrorString(error)));
+  }
+}
+
+void CudaBackend::Check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS && status_.ok()) {
+    status_ = absl::InternalError(absl::StrCat("cublas: ", what, ": status ", static_cast<int>(status)));
+  }
+}
+
+absl::StatusOr<Tensor> CudaBackend::Allocate(DType dtype, std::vector<int64_t> shape) {
+  Tensor tensor{dtype, std::move(shape), nullptr, nullptr};
+  void* memory = nullptr;
+  const cudaError_t error = cudaMallocAsync(&memory, std::max<size_t>(tensor.num_bytes(), 1), stream_);
+  if (error != cudaSuccess) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cuda: cannot allocate ", tensor.num_bytes(), " bytes: ", cudaGetErrorString(error)));
+  }
+  cudaStream_t stream = stream_;
+  tensor.data = memory;
+  tensor.storage = std::shared_ptr<void>(memory, [stream](void* pointer) { cudaFreeAsync(pointer, stream); });
+  return tensor;
+}
+
+Tensor CudaBackend::Scratch(DType dtype, std::vector<int64_t> shape) {
+  absl::StatusOr<Tensor> tensor = Allocate(dtype, std::move(shape));
+  if (!tensor.ok()) {
+    if (status_.ok()) status_ = tensor.status();
+    return Tensor{};
+  }
+  return *std::move(tensor);
+}
+
+absl::StatusOr<Tensor> CudaBackend::UploadWeight(const HostTensor& host, WeightUse use) {
+  const DType target = use == WeightUse::kMatrix ? DType::kBF16 : DType::kF32;
+  const size_t count = static_cast<size_t>(host.num_elements());
+  std::vector<float> widened(count);
+  ConvertToFloat(host.dtype, host.data, count, widened.data());
+  std::vector<uint16_t> narrowed;
+  const void* source = widened.data();
+  if (target == DType::kBF16) {
+    narrowed.resize(count);
+    if (host.dtype == DType::kBF16) {
+      std::memcpy(narrowed.data(), host.data, count * sizeof(uint16_t));
+    } else {
+      for (size_t i = 0; i < count; ++i) narrowed[i] = FloatToBf16(widened[i]);
+    }
+    source = narrowed.data();
+  }
+  absl::StatusOr<Tensor> tensor = Allocate(target, host.shape);
+  if (!tensor.ok()) return absl::ResourceExhaustedError(absl::StrCat(host.name, ": ", tensor.status().message()));
+  Check(cudaMemcpyAsync(tensor->data, source, tensor->num_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
+  Check(cudaStreamSynchronize(stream_), "upload");  // the host buffers die with this call
+  if (!status_.ok()) return status_;
+  return tensor;
+}
+
+void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
+  Check(cudaMemcpyAsync(dst.data, host, dst.num_bytes(), cudaMemcpyHostToDevice, stream_), "copy to device");
+  // Callers reuse their host vectors right away; small metadata copies, so waiting is cheap.
+  Check(cudaStreamSynchronize(stream_), "copy to device");
+}
+
+void CudaBackend::CopyToHost(const Tensor& src, void* host) {
+  Check(cudaMemcpyAsync(host, src.data, src.num_bytes(), cudaMemcpyDeviceToHost, stream_), "copy to host");
+  Check(cudaStreamSynchronize(stream_), "copy to host");
+}
+
+void CudaBackend::ToFloat(const Tensor& src, float* host) {
+  if (src.dtype == DType::kF32) {
+    CopyToHost(src, host);
+    return;
+  }
+  std::vector<uint8_t> raw(src.num_bytes());
+  CopyToHost(src, raw.data());
+  ConvertToFloat(src.dtype, raw.data(), static_cast<size_t>(src.num_elements()), host);
+}
+
+void CudaBackend::Embed(const Tensor& table, const Tensor& token_ids, Tensor& out) {
+  Check(kernels::Embed(Ptr<__nv_bfloat16>(table), Ptr<int32_t>(token_ids), Int(token_ids.num_elements()),
+                       Int(table.cols()), Ptr<float>(out), stream_),
+        "embed");
+}
+
+void CudaBackend::LayerNorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) {
+  Check(kernels::LayerNorm(Ptr<float>(x), Ptr<float>(weight), Ptr<float>(bias), eps, Int(x.rows()), Int(x.cols()),
+                           Ptr<float>(out), stream_),
+        "layer norm");
+}
+
+void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& out) {
+  const int rows = Int(x.rows()), in = Int(x.cols()), out_features = Int(weight.rows());
+  if (rows == 0) return;
+  const float one = 1.0f, zero = 0.0f;
+  // Row-major out[rows, out] = x · Wᵀ is column-major outᵀ = W · xᵀ with W read transposed.
+  if (weight.dtype == DType::kF32) {
+    Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in, &one, weight.data, CUDA_R_32F, in,
+                       x.data, CUDA_R_32F, in, &zero, out.data, CUDA_R_32F, out_features, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "linear f32");
+  } else {
+    Tensor x_bf16 = Scratch(DType::kBF16, {rows, in});
+    if (x_bf16.empty()) return;
+    Check(kernels::GatherToBf16(Ptr<float>(x), nullptr, rows, in, Ptr<__nv_bfloat16>(x_bf16), stream_), "to bf16");
+    Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in, &one, weight.data, CUDA_R_16BF, in,
+                       x_bf16.data, CUDA_R_16BF, in, &zero, out.data, CUDA_R_32F, out_features, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "linear bf16");
+  }
+  if (bias != nullptr) Check(kernels::AddBias(Ptr<float>(out), Ptr<float>(*bias), rows, out_features, stream_), "bias");
+}
+
+void CudaBackend::GeluExact(Tensor& x) { Check(kernels::GeluExact(Ptr<float>(x), x.num_elements(), stream_), "gelu"); }
+void CudaBackend::GeluNew(Tensor& x) { Check(kernels::GeluNew(Ptr<float>(x), x.num_elements(), stream_), "gelu_new"); }
+
+absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) {
+  const int num_tokens = Int(router_logits.rows()), num_experts = Int(router_logits.cols());
+  const int64_t slots = static_cast<int64_t>(num_tokens) * top_k;
+  plan.num_tokens = num_tokens;
+  plan.top_k = top_k;
+  plan.num_experts = num_experts;
+  for (auto [tensor, dtype, shape] : {std::tuple{&plan.token_experts, DType::kI32, std::vector<int64_t>{num_tokens, top_k}},
+                                      std::tuple{&plan.token_gates, DType::kF32, std::vector<int64_t>{num_tokens, top_k}},
+                                      std::tuple{&plan.expert_offsets, DType::kI32, std::vector<int64_t>{num_experts + 1}},
+                                      std::tuple{&plan.slot_tokens, DType::kI32, std::vector<int64_t>{slots}},
+                                      std::tuple{&plan.token_slots, DType::kI32, std::vector<int64_t>{num_tokens, top_k}}}) {
+    absl::StatusOr<Tensor> allocated = Allocate(dtype, shape);
+    if (!allocated.ok()) return allocated.status();
+    *tensor = *std::move(allocated);
+  }
+  Check(kernels::SoftmaxTopK(Ptr<float>(router_logits), num_tokens, num_experts, top_k, Ptr<int32_t>(plan.token_experts),
+                             Ptr<float>(plan.token_gates), stream_),
+        "softmax top-k");
+  const size_t workspace_bytes = kernels::GroupByExpertWorkspaceBytes(Int(slots), num_experts);
+  Tensor workspace = Scratch(DType::kU8, {static_cast<int64_t>(workspace_bytes)});
+  Check(kernels::GroupByExpert(Ptr<int32_t>(plan.token_experts), num_tokens, top_k, num_experts,
+                               Ptr<int32_t>(plan.expert_offsets), Ptr<int32_t>(plan.slot_tokens),
+                               Ptr<int32_t>(plan.token_slots), workspace.data, workspace_bytes, stream_),
+        "group by expert");
+  return status_;
+}
+
+void CudaBackend::GemmRowMajor(const void* input_bf16, int rows, int k, const void* weight, int n, float* out) {
+  const float one = 1.0f, zero = 0.0f;
+  // Row-major out[rows, n] = in[rows, k] · W[k, n] is column-major outᵀ = Wᵀ · inᵀ, both read as stored.
+  Check(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, weight, CUDA_R_16BF, n, input_bf16,
+                     CUDA_R_16BF, k, &zero, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "expert gemm");
+}
+
+void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
+                             Tensor& out) {
+  const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
+  const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
+  Tensor input = Scratch(DType::kBF16, {slots, in});
+  if (input.empty()) return;
+  Check(kernels::GatherToBf16(Ptr<float>(x), gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr, Int(slots), in,
+                              Ptr<__nv_bfloat16>(input), stream_),
+        "gather");
+  // Segment sizes decide the GEMM shapes, so they come to the host (one small copy per mixture).
+  std::vector<int32_t> offsets(static_cast<size_t>(plan.num_experts) + 1);
+  CopyToHost(plan.expert_offsets, offsets.data());
+  const size_t expert_bytes = static_cast<size_t>(in) * out_features * sizeof(uint16_t);
+  for (int expert = 0; expert < plan.num_experts; ++expert) {
+    const int begin = offsets[static_cast<size_t>(expert)], count = offsets[static_cast<size_t>(expert) + 1] - begin;
+    if (count == 0) continue;
+    GemmRowMajor(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, count, in,
+                 static_cast<const char*>(experts.data) + expert * expert_bytes, out_features,
+                 Ptr<float>(out) + static_cast<int64_t>(begin) * out_features);
+  }
+}
+
+void CudaBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) {
+  Check(kernels::CombineExperts(Ptr<float>(slot_out), Ptr<float>(plan.token_gates), Ptr<int32_t>(plan.token_slots),
+                                plan.num_tokens, plan.top_k, Int(residual.cols()), Ptr<float>(residual), stream_),
+        "combine");
+}
+
+void CudaBackend::WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) {
+  Check(kernels::WriteKv(Ptr<float>(key), value != nullptr ? Ptr<float>(*value) : nullptr, Ptr<int32_t>(layout.cache_rows),
+                         layout.num_tokens, Int(key.cols()), Int(layer_cache.cols()), Ptr<__nv_bfloat16>(layer_cache),
+                         stream_),
+        "write kv");
+}
+
+void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
+                                         const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) {
+  kernels::AttentionArgs args;
+  args.queries = Ptr<float>(queries);
+  args.slot_tokens = Ptr<int32_t>(plan.slot_tokens);
+  args.token_seq = Ptr<int32_t>(layout.token_seq);
+  args.token_pos = Ptr<int32_t>(layout.token_pos);
+  args.block_tables = Ptr<int32_t>(layout.block_tables);
+  args.cache = Ptr<__nv_bfloat16>(layer_cache);
+  args.out = Ptr<float>(out);
+  args.num_slots = Int(queries.rows());
+  args.num_heads = shape.num_heads;
+  args.head_dim = shape.head_dim;
+  args.row_width = Int(layer_cache.cols());
+  args.value_offset = shape.kv_identity ? 0 : shape.num_heads * shape.head_dim;
+  args.block_size = layout.block_size;
+  args.max_blocks = layout.max_blocks_per_sequence;
+  Check(kernels::StickBreakingAttention(args, stream_), "attention");
+}
+
+void CudaBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {
+  Check(kernels::GatherRows(Ptr<float>(x), Ptr<int32_t>(rows), Int(rows.num_elements()), Int(x.cols()),
+                            Ptr<float>(out), stream_),
+        "gather rows");
+}
+
+}  // namespace mf

@@ -1,0 +1,15 @@
+// Entry point of libmf_cuda_backend.so, which engine/model_loader.cc loads with
+// dlopen when --device cuda is asked for.
+#include <cstdio>
+
+#include "engine/cuda_backend.h"
+
+extern "C" __attribute__((visibility("default"))) mf::Backend* mf_create_cuda_backend(int device, char* error,
+                                                                                       size_t error_size) {
+  absl::StatusOr<std::unique_ptr<mf::CudaBackend>> backend = mf::CudaBackend::Create(device);
+  if (!backend.ok()) {
+    std::snprintf(error, error_size, "%s", std::string(backend.status().message()).c_str());
+    return nullptr;
+  }
+  return backend->release();
+}

@@ -1,0 +1,121 @@
+#include <cub/block/block_scan.cuh>
+
+#include "kernels/attention.h"
+
+namespace mf::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunk = 512;                    // keys per pass; their logits live in shared memory
+constexpr int kKeysPerThread = kChunk / kThreads;
+// Once the stick used up exceeds this, every older weight is below fp32's smallest denormal.
+constexpr float kNegligibleLogMass = 104.0f;
+
+__device__ float Softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+
+__global__ void WriteKvKernel(const float* __restrict__ key, const float* __restrict__ value,
+                              const int32_t* __restrict__ cache_rows, int key_width, int row_width,
+                              __nv_bfloat16* __restrict__ cache) {
+  const int token = blockIdx.x;
+  __nv_bfloat16* row = cache + static_cast<int64_t>(cache_rows[token]) * row_width;
+  for (int c = threadIdx.x; c < key_width; c += blockDim.x) {
+    row[c] = __float2bfloat16(key[static_cast<int64_t>(token) * key_width + c]);
+    if (value != nullptr) row[key_width + c] = __float2bfloat16(value[static_cast<int64_t>(token) * key_width + c]);
+  }
+}
+
+// One block per (slot, head). Each chunk: logits by warps (lanes split the head
+// dimension), a block scan of softplus terms in newest-first order for the
+// log-space stick, then the weighted sum of values with threads over dimensions.
+__global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs args) {
+  using BlockScan = cub::BlockScan<float, kThreads>;
+  __shared__ typename BlockScan::TempStorage scan_storage;
+  __shared__ float logits[kChunk];
+  __shared__ float weights[kChunk];
+  __shared__ float chunk_mass;
+  extern __shared__ float query[];  // head_dim
+
+  const int slot = blockIdx.x / args.num_heads;
+  const int head = blockIdx.x % args.num_heads;
+  const int att_hidden = args.num_heads * args.head_dim;
+  const int token = args.slot_tokens[slot];
+  const int seq = args.token_seq[token];
+  const int position = args.token_pos[token];
+  const int32_t* block_table = args.block_tables + static_cast<int64_t>(seq) * args.max_blocks;
+  const float scale = rsqrtf(static_cast<float>(args.head_dim));
+  for (int c = threadIdx.x; c < args.head_dim; c += kThreads) {
+    query[c] = args.queries[static_cast<int64_t>(slot) * att_hidden + head * args.head_dim + c] * scale;
+  }
+  __syncthreads();
+
+  // Each thread owns output dimensions threadIdx.x, +kThreads, ... (up to 8 x 128 = 1024).
+  constexpr int kMaxDimsPerThread = 8;
+  float accumulator[kMaxDimsPerThread] = {};
+  float log_remaining = 0;  // -Σ softplus(l_m) over keys already passed (newer than the chunk)
+  for (int newest = position; newest >= 0 && -log_remaining < kNegligibleLogMass; newest -= kChunk) {
+    const int count = min(kChunk, newest + 1);
+    // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j)
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = warp; r < count; r += kWarps) {
+      const int j = newest - r;
+      const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
+      const __nv_bfloat16* key = args.cache + row * args.row_width + head * args.head_dim;
+      float dot = 0;
+      for (int c = lane; c < args.head_dim; c += 32) dot += query[c] * __bfloat162float(key[c]);
+      for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      if (lane == 0) logits[r] = dot;
+    }
+    __syncthreads();
+    // 2. exclusive scan of softplus(l) in newest-first order: the stick used by newer keys
+    float terms[kKeysPerThread];
+    for (int i = 0; i < kKeysPerThread; ++i) {
+      const int r = threadIdx.x * kKeysPerThread + i;
+      terms[i] = r < count ? Softplus(logits[r]) : 0.0f;
+    }
+    float total;
+    BlockScan(scan_storage).ExclusiveSum(terms, terms, total);
+    for (int i = 0; i < kKeysPerThread; ++i) {
+      const int r = threadIdx.x * kKeysPerThread + i;
+      if (r < count) weights[r] = expf(log_remaining - terms[i] - Softplus(-logits[r]));
+    }
+    if (threadIdx.x == 0) chunk_mass = total;
+    __syncthreads();
+    // 3. o += Σ_r weights[r] · v_{newest - r}
+    for (int r = 0; r < count; ++r) {
+      const int j = newest - r;
+      const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
+      const __nv_bfloat16* value = args.cache + row * args.row_width + args.value_offset + head * args.head_dim;
+      const float weight = weights[r];
+      for (int i = 0; i < kMaxDimsPerThread; ++i) {
+        const int c = threadIdx.x + i * kThreads;
+        if (c < args.head_dim) accumulator[i] += weight * __bfloat162float(value[c]);
+      }
+    }
+    log_remaining -= chunk_mass;
+    __syncthreads();  // logits/weights are rewritten by the next chunk
+  }
+  for (int i = 0; i < kMaxDimsPerThread; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c < args.head_dim) args.out[static_cast<int64_t>(slot) * att_hidden + head * args.head_dim + c] = accumulator[i];
+  }
+}
+
+}  // namespace
+
+cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_rows, int num_tokens, int key_width,
+                    int row_width, __nv_bfloat16* cache, cudaStream_t stream) {
+  if (num_tokens > 0) WriteKvKernel<<<num_tokens, 256, 0, stream>>>(key, value, cache_rows, key_width, row_width, cache);
+  return cudaGetLastError();
+}
+
+cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t stream) {
+  if (args.head_dim > 8 * kThreads) return cudaErrorInvalidValue;
+  const int blocks = args.num_slots * args.num_heads;
+  if (blocks > 0) {
+    StickBreakingKernel<<<blocks, kThreads, args.head_dim * sizeof(float), stream>>>(args);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace mf::kernels

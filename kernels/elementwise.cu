@@ -1,0 +1,139 @@
+#include "kernels/elementwise.h"
+
+namespace mf::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+int Blocks(int64_t count) { return static_cast<int>((count + kThreads - 1) / kThreads); }
+
+__global__ void EmbedKernel(const __nv_bfloat16* __restrict__ table, const int32_t* __restrict__ ids, int width,
+                            float* __restrict__ out) {
+  const __nv_bfloat16* row = table + static_cast<int64_t>(ids[blockIdx.x]) * width;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    out[static_cast<int64_t>(blockIdx.x) * width + c] = __bfloat162float(row[c]);
+  }
+}
+
+// One block per row; two passes over the row (mean, then centred variance), as the CPU reference does.
+__global__ void LayerNormKernel(const float* __restrict__ x, const float* __restrict__ weight,
+                                const float* __restrict__ bias, float eps, int width, float* __restrict__ out) {
+  __shared__ float partial[32];
+  const float* row = x + static_cast<int64_t>(blockIdx.x) * width;
+  auto block_sum = [&](float value) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = value;
+    __syncthreads();
+    float total = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
+    __syncthreads();
+    return total;
+  };
+  float sum = 0;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) sum += row[c];
+  const float mean = block_sum(sum) / width;
+  float squares = 0;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) squares += (row[c] - mean) * (row[c] - mean);
+  const float inv_std = rsqrtf(block_sum(squares) / width + eps);
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    out[static_cast<int64_t>(blockIdx.x) * width + c] = (row[c] - mean) * inv_std * weight[c] + bias[c];
+  }
+}
+
+__global__ void GatherToBf16Kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int width,
+                                   __nv_bfloat16* __restrict__ out) {
+  const int64_t source = rows == nullptr ? blockIdx.x : rows[blockIdx.x];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    out[static_cast<int64_t>(blockIdx.x) * width + c] = __float2bfloat16(x[source * width + c]);
+  }
+}
+
+__global__ void GatherRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int width,
+                                 float* __restrict__ out) {
+  const int64_t source = rows[blockIdx.x];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    out[static_cast<int64_t>(blockIdx.x) * width + c] = x[source * width + c];
+  }
+}
+
+__global__ void AddBiasKernel(float* __restrict__ x, const float* __restrict__ bias, int64_t count, int width) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) x[i] += bias[i % width];
+}
+
+__global__ void GeluExactKernel(float* __restrict__ x, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752440f));
+}
+
+__global__ void GeluNewKernel(float* __restrict__ x, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const float v = x[i];
+  x[i] = 0.5f * v * (1.0f + tanhf(0.79788456080286535588f * (v + 0.044715f * v * v * v)));
+}
+
+__global__ void CombineExpertsKernel(const float* __restrict__ slot_out, const float* __restrict__ gates,
+                                     const int32_t* __restrict__ token_slots, int top_k, int width,
+                                     float* __restrict__ residual) {
+  const int token = blockIdx.x;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    float mixture = 0;
+    for (int rank = 0; rank < top_k; ++rank) {
+      const int index = token * top_k + rank;
+      mixture += gates[index] * slot_out[static_cast<int64_t>(token_slots[index]) * width + c];
+    }
+    residual[static_cast<int64_t>(token) * width + c] += mixture;
+  }
+}
+
+}  // namespace
+
+cudaError_t Embed(const __nv_bfloat16* table, const int32_t* ids, int num_tokens, int width, float* out,
+                  cudaStream_t stream) {
+  if (num_tokens > 0) EmbedKernel<<<num_tokens, kThreads, 0, stream>>>(table, ids, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t LayerNorm(const float* x, const float* weight, const float* bias, float eps, int rows, int width,
+                      float* out, cudaStream_t stream) {
+  if (rows > 0) LayerNormKernel<<<rows, kThreads, 0, stream>>>(x, weight, bias, eps, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherToBf16(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
+                         cudaStream_t stream) {
+  if (num_rows > 0) GatherToBf16Kernel<<<num_rows, kThreads, 0, stream>>>(x, rows, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherRows(const float* x, const int32_t* rows, int num_rows, int width, float* out, cudaStream_t stream) {
+  if (num_rows > 0) GatherRowsKernel<<<num_rows, kThreads, 0, stream>>>(x, rows, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t AddBias(float* x, const float* bias, int rows, int width, cudaStream_t stream) {
+  const int64_t count = static_cast<int64_t>(rows) * width;
+  if (count > 0) AddBiasKernel<<<Blocks(count), kThreads, 0, stream>>>(x, bias, count, width);
+  return cudaGetLastError();
+}
+
+cudaError_t GeluExact(float* x, int64_t count, cudaStream_t stream) {
+  if (count > 0) GeluExactKernel<<<Blocks(count), kThreads, 0, stream>>>(x, count);
+  return cudaGetLastError();
+}
+
+cudaError_t GeluNew(float* x, int64_t count, cudaStream_t stream) {
+  if (count > 0) GeluNewKernel<<<Blocks(count), kThreads, 0, stream>>>(x, count);
+  return cudaGetLastError();
+}
+
+cudaError_t CombineExperts(const float* slot_out, const float* gates, const int32_t* token_slots, int num_tokens,
+                           int top_k, int width, float* residual, cudaStream_t stream) {
+  if (num_tokens > 0) {
+    CombineExpertsKernel<<<num_tokens, kThreads, 0, stream>>>(slot_out, gates, token_slots, top_k, width, residual);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace mf::kernels

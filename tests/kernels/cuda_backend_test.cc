@@ -1,0 +1,192 @@
+// Every CUDA backend operation against the CPU reference on random inputs.
+#include "engine/cuda_backend.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "engine/cpu_backend.h"
+#include "tests/kernels/cuda_test_util.h"
+
+namespace mf {
+namespace {
+
+// Values exactly representable in bf16, so both backends see identical weights and caches.
+std::vector<float> RandomBf16Values(size_t count, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(count);
+  for (float& value : values) value = Bf16ToFloat(FloatToBf16(normal(rng)));
+  return values;
+}
+
+HostTensor HostF32(std::vector<int64_t> shape, const std::vector<float>& values) {
+  auto storage = std::make_shared<std::vector<float>>(values);
+  return HostTensor{"test", DType::kF32, std::move(shape), storage->data(), storage};
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+    auto backend = CudaBackend::Create(0);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    cuda_ = *std::move(backend);
+  }
+
+  Tensor OnBoth(Backend& backend, std::vector<int64_t> shape, const std::vector<float>& values) {
+    Tensor tensor = *backend.Allocate(DType::kF32, shape);
+    backend.CopyFromHost(values.data(), tensor);
+    return tensor;
+  }
+  template <typename T>
+  Tensor Ints(Backend& backend, std::vector<int64_t> shape, const std::vector<T>& values) {
+    Tensor tensor = *backend.Allocate(DType::kI32, shape);
+    backend.CopyFromHost(values.data(), tensor);
+    return tensor;
+  }
+  std::vector<float> Read(Backend& backend, const Tensor& tensor) {
+    std::vector<float> values(static_cast<size_t>(tensor.num_elements()));
+    backend.ToFloat(tensor, values.data());
+    return values;
+  }
+  // Largest |a - b| / (1 + |b|).
+  static double MaxError(const std::vector<float>& a, const std::vector<float>& b) {
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - b[i]) / (1 + std::abs(b[i])));
+    return worst;
+  }
+
+  CpuBackend cpu_;
+  std::unique_ptr<CudaBackend> cuda_;
+  std::mt19937 rng_{17};
+};
+
+TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
+  const int rows = 37, in = 96, out = 80;
+  const std::vector<float> x = RandomBf16Values(rows * in, rng_), w = RandomBf16Values(out * in, rng_, 0.1f),
+                           b = RandomBf16Values(out, rng_), gamma = RandomBf16Values(in, rng_);
+  for (WeightUse use : {WeightUse::kMatrix, WeightUse::kRouter}) {
+    std::vector<std::vector<float>> results;
+    for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get())}) {
+      Tensor input = OnBoth(*backend, {rows, in}, x);
+      Tensor normed = *backend->Allocate(DType::kF32, {rows, in});
+      Tensor weight = *backend->UploadWeight(HostF32({out, in}, w), use);
+      Tensor bias = *backend->UploadWeight(HostF32({out}, b), WeightUse::kVector);
+      Tensor scale = *backend->UploadWeight(HostF32({in}, gamma), WeightUse::kVector);
+      backend->LayerNorm(input, scale, scale, 1e-5f, normed);
+      Tensor result = *backend->Allocate(DType::kF32, {rows, out});
+      backend->Linear(normed, weight, &bias, result);
+      backend->GeluNew(result);
+      backend->GeluExact(result);
+      results.push_back(Read(*backend, result));
+    }
+    ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
+    // bf16 matrices round the activations to bf16 (8 bits); routers stay fp32.
+    EXPECT_LT(MaxError(results[1], results[0]), use == WeightUse::kMatrix ? 2e-2 : 1e-5);
+  }
+}
+
+TEST_F(CudaBackendTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
+  const int tokens = 300, width = 64, hidden = 96, experts = 8, top_k = 2;
+  std::vector<float> logits = RandomBf16Values(tokens * experts, rng_, 2.0f);
+  for (int t = 0; t < tokens; ++t) {
+    logits[t * experts + 0] += 6.0f;   // skewed: expert 0 is almost always chosen
+    logits[t * experts + 7] -= 40.0f;  // expert 7 never is
+  }
+  const std::vector<float> x = RandomBf16Values(tokens * width, rng_), w_in = RandomBf16Values(experts * width * hidden, rng_, 0.1f),
+                           w_out = RandomBf16Values(experts * hidden * width, rng_, 0.1f), residual = RandomBf16Values(tokens * width, rng_);
+  std::vector<std::vector<float>> results;
+  std::vector<std::vector<int32_t>> offsets;
+  for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get())}) {
+    RoutingPlan plan;
+    ASSERT_TRUE(backend->Route(OnBoth(*backend, {tokens, experts}, logits), top_k, plan).ok());
+    std::vector<int32_t> plan_offsets(experts + 1);
+    backend->CopyToHost(plan.expert_offsets, plan_offsets.data());
+    offsets.push_back(plan_offsets);
+    Tensor input = OnBoth(*backend, {tokens, width}, x);
+    Tensor inner = *backend->Allocate(DType::kF32, {tokens * top_k, hidden});
+    backend->ExpertGemm(input, plan, true, *backend->UploadWeight(HostF32({experts, width, hidden}, w_in), WeightUse::kMatrix), inner);
+    backend->GeluNew(inner);
+    Tensor projected = *backend->Allocate(DType::kF32, {tokens * top_k, width});
+    backend->ExpertGemm(inner, plan, false, *backend->UploadWeight(HostF32({experts, hidden, width}, w_out), WeightUse::kMatrix),
+                        projected);
+    Tensor hidden_state = OnBoth(*backend, {tokens, width}, residual);
+    backend->CombineExperts(projected, plan, hidden_state);
+    results.push_back(Read(*backend, hidden_state));
+  }
+  ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
+  EXPECT_EQ(offsets[0], offsets[1]);
+  EXPECT_EQ(offsets[1][8] - offsets[1][7], 0);             // the empty expert
+  EXPECT_GT(offsets[1][1] - offsets[1][0], tokens * 9 / 10);  // the skewed one
+  EXPECT_LT(MaxError(results[1], results[0]), 2e-2);
+}
+
+struct AttentionCase {
+  std::vector<int> lengths;
+  int heads, head_dim;
+  bool identity;
+};
+
+class CudaAttentionTest : public CudaBackendTest, public ::testing::WithParamInterface<AttentionCase> {};
+
+TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
+  const AttentionCase param = GetParam();
+  const int block_size = 16, att_hidden = param.heads * param.head_dim;
+  const int row_width = param.identity ? att_hidden : 2 * att_hidden;
+  const int num_seqs = static_cast<int>(param.lengths.size());
+  int max_blocks = 0, total = 0;
+  for (int length : param.lengths) {
+    max_blocks = std::max(max_blocks, (length + block_size - 1) / block_size);
+    total += length;
+  }
+  std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks));
+  std::iota(tables.begin(), tables.end(), 0);
+  std::shuffle(tables.begin(), tables.end(), rng_);
+  // Queries: every position of each sequence (prefill) - decode is the last row of each.
+  std::vector<int32_t> token_seq, token_pos, cache_rows, slot_tokens;
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int p = 0; p < param.lengths[s]; ++p) {
+      token_seq.push_back(s);
+      token_pos.push_back(p);
+      cache_rows.push_back(tables[s * max_blocks + p / block_size] * block_size + p % block_size);
+      slot_tokens.push_back(static_cast<int32_t>(slot_tokens.size()));
+    }
+  }
+  const std::vector<float> rows = RandomBf16Values(static_cast<size_t>(total) * row_width, rng_, 0.5f);
+  const std::vector<float> queries = RandomBf16Values(static_cast<size_t>(total) * att_hidden, rng_, 0.5f);
+  std::vector<std::vector<float>> results;
+  for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get())}) {
+    StepLayout layout;
+    layout.num_tokens = total;
+    layout.num_sequences = num_seqs;
+    layout.block_size = block_size;
+    layout.max_blocks_per_sequence = max_blocks;
+    layout.token_seq = Ints(*backend, {total}, token_seq);
+    layout.token_pos = Ints(*backend, {total}, token_pos);
+    layout.cache_rows = Ints(*backend, {total}, cache_rows);
+    layout.block_tables = Ints(*backend, {num_seqs, max_blocks}, tables);
+    RoutingPlan plan;
+    plan.num_tokens = total;
+    plan.top_k = 1;
+    plan.slot_tokens = Ints(*backend, {total}, slot_tokens);
+    Tensor cache = *backend->Allocate(backend->kv_cache_dtype(), {static_cast<int64_t>(tables.size()) * block_size, row_width});
+    backend->WriteKv(OnBoth(*backend, {total, row_width}, rows), nullptr, layout, cache);
+    Tensor out = *backend->Allocate(DType::kF32, {total, att_hidden});
+    backend->StickBreakingAttention(OnBoth(*backend, {total, att_hidden}, queries), plan, layout, cache,
+                                    AttentionShape{param.heads, param.head_dim, param.identity}, out);
+    results.push_back(Read(*backend, out));
+  }
+  ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
+  EXPECT_LT(MaxError(results[1], results[0]), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
+                         ::testing::Values(AttentionCase{{1}, 1, 64, true}, AttentionCase{{1, 7, 100, 513}, 4, 16, false},
+                                           AttentionCase{{1500, 33}, 1, 1024, true},
+                                           AttentionCase{{4096, 1, 700}, 2, 32, false}));
+
+}  // namespace
+}  // namespace mf
