@@ -15,7 +15,8 @@
 #endif
 
 ABSL_FLAG(std::string, random_weights, "configs/molm-350m-4b.json", "Model config (random bf16 weights)");
-ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
 ABSL_FLAG(std::string, decode_batches, "1,256", "Decode batch sizes");
 ABSL_FLAG(int32_t, context, 512, "Tokens already in each sequence's cache when decoding");
 ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
   mf::ModelSource source;
   source.random_config = absl::GetFlag(FLAGS_random_weights);
   source.device = absl::GetFlag(FLAGS_device);
+  source.precision = absl::GetFlag(FLAGS_precision);
   const int context = absl::GetFlag(FLAGS_context), steps = absl::GetFlag(FLAGS_steps);
   std::vector<int> batches;
   for (absl::string_view piece : absl::StrSplit(absl::GetFlag(FLAGS_decode_batches), ',')) {

@@ -17,13 +17,14 @@ int Int(int64_t value) { return static_cast<int>(value); }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, CudaPrecision precision) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count <= device) {
     return absl::FailedPreconditionError(absl::StrCat("cuda: no CUDA device ", device, " (", count, " found)"));
   }
   std::unique_ptr<CudaBackend> backend(new CudaBackend());
   backend->device_ = device;
+  backend->precision_ = precision;
   if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking) != cudaSuccess) {
     return absl::InternalError("cuda: cannot create a stream");
   }
@@ -149,13 +150,19 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bi
                        CUBLAS_GEMM_DEFAULT),
           "linear f32");
   } else {
-    Tensor x_bf16 = Scratch(DType::kBF16, {rows, in});
-    if (x_bf16.empty()) return;
-    Check(kernels::GatherToBf16(Ptr<float>(x), nullptr, rows, in, Ptr<__nv_bfloat16>(x_bf16), stream_), "to bf16");
-    Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in, &one, weight.data, CUDA_R_16BF, in,
-                       x_bf16.data, CUDA_R_16BF, in, &zero, out.data, CUDA_R_32F, out_features, CUBLAS_COMPUTE_32F,
-                       CUBLAS_GEMM_DEFAULT),
+    // Both halves (exact mode) are consecutive rows, so one GEMM covers them.
+    const int gemm_rows = rows * num_halves();
+    Tensor x_bf16 = ToGemmInput(x, nullptr, rows, in);
+    Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {gemm_rows, out_features});
+    if (x_bf16.empty() || halves.empty()) return;
+    Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, gemm_rows, in, &one, weight.data, CUDA_R_16BF,
+                       in, x_bf16.data, CUDA_R_16BF, in, &zero, halves.data, CUDA_R_32F, out_features,
+                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
           "linear bf16");
+    if (num_halves() == 2) {
+      Check(kernels::SumHalves(Ptr<float>(halves), static_cast<int64_t>(rows) * out_features, Ptr<float>(out), stream_),
+            "sum halves");
+    }
   }
   if (bias != nullptr) Check(kernels::AddBias(Ptr<float>(out), Ptr<float>(*bias), rows, out_features, stream_), "bias");
 }
@@ -190,11 +197,25 @@ absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingP
   return status_;
 }
 
-void CudaBackend::GemmRowMajor(const void* input_bf16, int rows, int k, const void* weight, int n, float* out) {
+Tensor CudaBackend::ToGemmInput(const Tensor& x, const int32_t* gather_rows, int rows, int k) {
+  Tensor input = Scratch(DType::kBF16, {num_halves() * static_cast<int64_t>(rows), k});
+  if (input.empty()) return input;
+  if (num_halves() == 2) {
+    Check(kernels::GatherToBf16Split(Ptr<float>(x), gather_rows, rows, k, Ptr<__nv_bfloat16>(input), stream_), "split");
+  } else {
+    Check(kernels::GatherToBf16(Ptr<float>(x), gather_rows, rows, k, Ptr<__nv_bfloat16>(input), stream_), "to bf16");
+  }
+  return input;
+}
+
+void CudaBackend::ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k,
+                                    const void* weight, int n, float* out, int64_t half_stride_out) {
   const float one = 1.0f, zero = 0.0f;
-  // Row-major out[rows, n] = in[rows, k] · W[k, n] is column-major outᵀ = Wᵀ · inᵀ, both read as stored.
-  Check(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, weight, CUDA_R_16BF, n, input_bf16,
-                     CUDA_R_16BF, k, &zero, out, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  // Row-major out[rows, n] = in[rows, k] · W[k, n] is column-major outᵀ = Wᵀ · inᵀ, both read as stored;
+  // the halves are a batch sharing W.
+  Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, weight, CUDA_R_16BF, n, 0,
+                                   input, CUDA_R_16BF, k, half_stride_in, &zero, out, CUDA_R_32F, n, half_stride_out,
+                                   num_halves(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "expert gemm");
 }
 
@@ -202,11 +223,9 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
                              Tensor& out) {
   const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
   const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
-  Tensor input = Scratch(DType::kBF16, {slots, in});
-  if (input.empty()) return;
-  Check(kernels::GatherToBf16(Ptr<float>(x), gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr, Int(slots), in,
-                              Ptr<__nv_bfloat16>(input), stream_),
-        "gather");
+  Tensor input = ToGemmInput(x, gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr, Int(slots), in);
+  Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
+  if (input.empty() || halves.empty()) return;
   // Segment sizes decide the GEMM shapes, so they come to the host (one small copy per mixture).
   std::vector<int32_t> offsets(static_cast<size_t>(plan.num_experts) + 1);
   CopyToHost(plan.expert_offsets, offsets.data());
@@ -214,9 +233,12 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   for (int expert = 0; expert < plan.num_experts; ++expert) {
     const int begin = offsets[static_cast<size_t>(expert)], count = offsets[static_cast<size_t>(expert) + 1] - begin;
     if (count == 0) continue;
-    GemmRowMajor(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, count, in,
-                 static_cast<const char*>(experts.data) + expert * expert_bytes, out_features,
-                 Ptr<float>(out) + static_cast<int64_t>(begin) * out_features);
+    ExpertSegmentGemm(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, slots * in, count, in,
+                      static_cast<const char*>(experts.data) + expert * expert_bytes, out_features,
+                      Ptr<float>(halves) + static_cast<int64_t>(begin) * out_features, slots * out_features);
+  }
+  if (num_halves() == 2) {
+    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
   }
 }
 
@@ -227,10 +249,16 @@ void CudaBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan
 }
 
 void CudaBackend::WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) {
-  Check(kernels::WriteKv(Ptr<float>(key), value != nullptr ? Ptr<float>(*value) : nullptr, Ptr<int32_t>(layout.cache_rows),
-                         layout.num_tokens, Int(key.cols()), Int(layer_cache.cols()), Ptr<__nv_bfloat16>(layer_cache),
-                         stream_),
-        "write kv");
+  const float* values = value != nullptr ? Ptr<float>(*value) : nullptr;
+  if (layer_cache.dtype == DType::kF32) {
+    Check(kernels::WriteKv(Ptr<float>(key), values, Ptr<int32_t>(layout.cache_rows), layout.num_tokens,
+                           Int(key.cols()), Int(layer_cache.cols()), Ptr<float>(layer_cache), stream_),
+          "write kv");
+  } else {
+    Check(kernels::WriteKv(Ptr<float>(key), values, Ptr<int32_t>(layout.cache_rows), layout.num_tokens,
+                           Int(key.cols()), Int(layer_cache.cols()), Ptr<__nv_bfloat16>(layer_cache), stream_),
+          "write kv");
+  }
 }
 
 void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
@@ -241,7 +269,7 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
   args.token_seq = Ptr<int32_t>(layout.token_seq);
   args.token_pos = Ptr<int32_t>(layout.token_pos);
   args.block_tables = Ptr<int32_t>(layout.block_tables);
-  args.cache = Ptr<__nv_bfloat16>(layer_cache);
+  args.cache = layer_cache.data;
   args.out = Ptr<float>(out);
   args.num_slots = Int(queries.rows());
   args.num_heads = shape.num_heads;
@@ -250,7 +278,9 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
   args.value_offset = shape.kv_identity ? 0 : shape.num_heads * shape.head_dim;
   args.block_size = layout.block_size;
   args.max_blocks = layout.max_blocks_per_sequence;
-  Check(kernels::StickBreakingAttention(args, stream_), "attention");
+  Check(layer_cache.dtype == DType::kF32 ? kernels::StickBreakingAttention<float>(args, stream_)
+                                         : kernels::StickBreakingAttention<__nv_bfloat16>(args, stream_),
+        "attention");
 }
 
 void CudaBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {

@@ -1,8 +1,13 @@
 // The CUDA backend: fp32 activations and residual stream, bf16 matrices (experts,
-// embeddings, head) with fp32 accumulation in cuBLAS, fp32 routers (so routing
-// decisions match the CPU reference), and a bf16 paged KV cache. Loaded by the
-// server at run time (libmf_cuda_backend.so), so processes that never ask for
+// embeddings, head) with fp32 accumulation in cuBLAS, and fp32 routers. Loaded by
+// the server at run time (libmf_cuda_backend.so), so processes that never ask for
 // CUDA do not load cuBLAS.
+//
+// Precision modes. kExact: activations enter bf16 GEMMs as two bf16 halves
+// (value and remainder, summed after), and the KV cache is fp32, so results track
+// the fp32 CPU reference to ~1e-5 and routing decisions agree. kBf16: activations
+// rounded to bf16 and a bf16 KV cache (half the cache memory and traffic); logits
+// move by ~1e-2 and close routing decisions may flip.
 #pragma once
 
 #include <cublas_v2.h>
@@ -14,14 +19,18 @@
 
 namespace mf {
 
+enum class CudaPrecision { kExact, kBf16 };
+
 class CudaBackend : public Backend {
  public:
-  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device);
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device, CudaPrecision precision = CudaPrecision::kExact);
   ~CudaBackend() override;
 
   std::string name() const override { return "cuda"; }
   DType activation_dtype() const override { return DType::kF32; }
-  DType kv_cache_dtype() const override { return DType::kBF16; }
+  DType kv_cache_dtype() const override {
+    return precision_ == CudaPrecision::kExact ? DType::kF32 : DType::kBF16;
+  }
   absl::Status status() const override { return status_; }
 
   absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) override;
@@ -50,10 +59,15 @@ class CudaBackend : public Backend {
   void Check(cudaError_t error, const char* what);
   void Check(cublasStatus_t status, const char* what);
   Tensor Scratch(DType dtype, std::vector<int64_t> shape);
-  // out[rows, n] = in_bf16[rows, k] · W, W row-major [k, n] bf16 (expert layout).
-  void GemmRowMajor(const void* input_bf16, int rows, int k, const void* weight, int n, float* out);
+  // Activations as bf16 GEMM input: [rows, k], or [2, rows, k] (value, remainder) when exact.
+  Tensor ToGemmInput(const Tensor& x, const int32_t* gather_rows, int rows, int k);
+  int num_halves() const { return precision_ == CudaPrecision::kExact ? 2 : 1; }
+  // out[h][rows, n] = in[h][rows, k] · W for each half h, W row-major [k, n] bf16 (expert layout).
+  void ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k, const void* weight,
+                         int n, float* out, int64_t half_stride_out);
 
   int device_ = 0;
+  CudaPrecision precision_ = CudaPrecision::kExact;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   absl::Status status_;

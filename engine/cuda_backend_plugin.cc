@@ -4,9 +4,11 @@
 
 #include "engine/cuda_backend.h"
 
-extern "C" __attribute__((visibility("default"))) mf::Backend* mf_create_cuda_backend(int device, char* error,
+// `bf16`: 0 for the exact precision mode, 1 for the bf16 one (engine/cuda_backend.h).
+extern "C" __attribute__((visibility("default"))) mf::Backend* mf_create_cuda_backend(int device, int bf16, char* error,
                                                                                        size_t error_size) {
-  absl::StatusOr<std::unique_ptr<mf::CudaBackend>> backend = mf::CudaBackend::Create(device);
+  absl::StatusOr<std::unique_ptr<mf::CudaBackend>> backend =
+      mf::CudaBackend::Create(device, bf16 != 0 ? mf::CudaPrecision::kBf16 : mf::CudaPrecision::kExact);
   if (!backend.ok()) {
     std::snprintf(error, error_size, "%s", std::string(backend.status().message()).c_str());
     return nullptr;

@@ -15,7 +15,7 @@ namespace {
 
 // The CUDA backend lives in libmf_cuda_backend.so beside the executable (or at
 // $MF_CUDA_BACKEND), so that binaries load CUDA and cuBLAS only when asked to.
-absl::StatusOr<std::unique_ptr<Backend>> LoadCudaBackend(int device) {
+absl::StatusOr<std::unique_ptr<Backend>> LoadCudaBackend(int device, bool bf16) {
   std::string path;
   if (const char* override_path = std::getenv("MF_CUDA_BACKEND")) {
     path = override_path;
@@ -28,21 +28,24 @@ absl::StatusOr<std::unique_ptr<Backend>> LoadCudaBackend(int device) {
   // Never closed: backend objects and their vtables live in the library.
   void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (library == nullptr) return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", dlerror()));
-  using Factory = Backend* (*)(int, char*, size_t);
+  using Factory = Backend* (*)(int, int, char*, size_t);
   auto factory = reinterpret_cast<Factory>(dlsym(library, "mf_create_cuda_backend"));
   if (factory == nullptr) return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", path, ": ", dlerror()));
   char error[512] = {};
-  Backend* backend = factory(device, error, sizeof(error));
+  Backend* backend = factory(device, bf16 ? 1 : 0, error, sizeof(error));
   if (backend == nullptr) return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", error));
   return std::unique_ptr<Backend>(backend);
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device) {
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, const std::string& precision) {
+  if (precision != "exact" && precision != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("--precision: '", precision, "' is not exact or bf16"));
+  }
   if (device == "cpu") return MakeCpuBackend();
-  if (device == "cuda") return LoadCudaBackend(0);
-  if (device.rfind("cuda:", 0) == 0) return LoadCudaBackend(std::atoi(device.c_str() + 5));
+  if (device == "cuda") return LoadCudaBackend(0, precision == "bf16");
+  if (device.rfind("cuda:", 0) == 0) return LoadCudaBackend(std::atoi(device.c_str() + 5), precision == "bf16");
   return absl::InvalidArgumentError(absl::StrCat("--device: unknown backend '", device, "' (cpu, cuda, cuda:N)"));
 }
 
@@ -50,7 +53,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
   if (source.model_dir.empty() == source.random_config.empty()) {
     return absl::InvalidArgumentError("give exactly one of --model DIR or --random-weights CONFIG");
   }
-  MF_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(source.device));
+  MF_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(source.device, source.precision));
   ModelWeights weights;
   if (!source.model_dir.empty()) {
     MF_ASSIGN_OR_RETURN(weights, LoadWeights(source.model_dir));

@@ -16,11 +16,12 @@ struct ModelSource {
   std::string random_config;   // config.json for random weights
   uint64_t seed = 0;
   std::string device = "cpu";
+  std::string precision = "exact";  // CUDA: exact (fp32-accurate) or bf16; the CPU backend is always fp32
   KvCacheOptions cache;
 };
 
-// "cpu", "cuda" or "cuda:N".
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device);
+// `device`: "cpu", "cuda" or "cuda:N"; `precision`: "exact" or "bf16" (engine/cuda_backend.h).
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, const std::string& precision);
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source);
 
 // The tokenizer in `tokenizer_dir`, else in `model_dir`; null when neither has one.

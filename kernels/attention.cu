@@ -14,21 +14,33 @@ constexpr float kNegligibleLogMass = 104.0f;
 
 __device__ float Softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
+__device__ float ToFloat(__nv_bfloat16 value) { return __bfloat162float(value); }
+__device__ float ToFloat(float value) { return value; }
+template <typename CacheT>
+__device__ CacheT FromFloat(float value);
+template <>
+__device__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float value) { return __float2bfloat16(value); }
+template <>
+__device__ float FromFloat<float>(float value) { return value; }
+
+template <typename CacheT>
 __global__ void WriteKvKernel(const float* __restrict__ key, const float* __restrict__ value,
                               const int32_t* __restrict__ cache_rows, int key_width, int row_width,
-                              __nv_bfloat16* __restrict__ cache) {
+                              CacheT* __restrict__ cache) {
   const int token = blockIdx.x;
-  __nv_bfloat16* row = cache + static_cast<int64_t>(cache_rows[token]) * row_width;
+  CacheT* row = cache + static_cast<int64_t>(cache_rows[token]) * row_width;
   for (int c = threadIdx.x; c < key_width; c += blockDim.x) {
-    row[c] = __float2bfloat16(key[static_cast<int64_t>(token) * key_width + c]);
-    if (value != nullptr) row[key_width + c] = __float2bfloat16(value[static_cast<int64_t>(token) * key_width + c]);
+    row[c] = FromFloat<CacheT>(key[static_cast<int64_t>(token) * key_width + c]);
+    if (value != nullptr) row[key_width + c] = FromFloat<CacheT>(value[static_cast<int64_t>(token) * key_width + c]);
   }
 }
 
 // One block per (slot, head). Each chunk: logits by warps (lanes split the head
 // dimension), a block scan of softplus terms in newest-first order for the
 // log-space stick, then the weighted sum of values with threads over dimensions.
+template <typename CacheT>
 __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs args) {
+  const CacheT* cache = static_cast<const CacheT*>(args.cache);
   using BlockScan = cub::BlockScan<float, kThreads>;
   __shared__ typename BlockScan::TempStorage scan_storage;
   __shared__ float logits[kChunk];
@@ -60,9 +72,9 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
     for (int r = warp; r < count; r += kWarps) {
       const int j = newest - r;
       const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
-      const __nv_bfloat16* key = args.cache + row * args.row_width + head * args.head_dim;
+      const CacheT* key = cache + row * args.row_width + head * args.head_dim;
       float dot = 0;
-      for (int c = lane; c < args.head_dim; c += 32) dot += query[c] * __bfloat162float(key[c]);
+      for (int c = lane; c < args.head_dim; c += 32) dot += query[c] * ToFloat(key[c]);
       for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
       if (lane == 0) logits[r] = dot;
     }
@@ -85,11 +97,11 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
     for (int r = 0; r < count; ++r) {
       const int j = newest - r;
       const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
-      const __nv_bfloat16* value = args.cache + row * args.row_width + args.value_offset + head * args.head_dim;
+      const CacheT* value = cache + row * args.row_width + args.value_offset + head * args.head_dim;
       const float weight = weights[r];
       for (int i = 0; i < kMaxDimsPerThread; ++i) {
         const int c = threadIdx.x + i * kThreads;
-        if (c < args.head_dim) accumulator[i] += weight * __bfloat162float(value[c]);
+        if (c < args.head_dim) accumulator[i] += weight * ToFloat(value[c]);
       }
     }
     log_remaining -= chunk_mass;
@@ -103,19 +115,29 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
 
 }  // namespace
 
+template <typename CacheT>
 cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_rows, int num_tokens, int key_width,
-                    int row_width, __nv_bfloat16* cache, cudaStream_t stream) {
-  if (num_tokens > 0) WriteKvKernel<<<num_tokens, 256, 0, stream>>>(key, value, cache_rows, key_width, row_width, cache);
+                    int row_width, CacheT* cache, cudaStream_t stream) {
+  if (num_tokens > 0) {
+    WriteKvKernel<CacheT><<<num_tokens, 256, 0, stream>>>(key, value, cache_rows, key_width, row_width, cache);
+  }
   return cudaGetLastError();
 }
 
+template <typename CacheT>
 cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t stream) {
   if (args.head_dim > 8 * kThreads) return cudaErrorInvalidValue;
   const int blocks = args.num_slots * args.num_heads;
   if (blocks > 0) {
-    StickBreakingKernel<<<blocks, kThreads, args.head_dim * sizeof(float), stream>>>(args);
+    StickBreakingKernel<CacheT><<<blocks, kThreads, args.head_dim * sizeof(float), stream>>>(args);
   }
   return cudaGetLastError();
 }
+
+template cudaError_t WriteKv<__nv_bfloat16>(const float*, const float*, const int32_t*, int, int, int, __nv_bfloat16*,
+                                           cudaStream_t);
+template cudaError_t WriteKv<float>(const float*, const float*, const int32_t*, int, int, int, float*, cudaStream_t);
+template cudaError_t StickBreakingAttention<__nv_bfloat16>(const AttentionArgs&, cudaStream_t);
+template cudaError_t StickBreakingAttention<float>(const AttentionArgs&, cudaStream_t);
 
 }  // namespace mf::kernels

@@ -1,5 +1,5 @@
 // Paged KV-cache writes and stick-breaking attention on the GPU. The cache holds
-// bf16 rows: one vector per token when K = V, else key then value.
+// bf16 or fp32 rows: one vector per token when K = V, else key then value.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,8 +10,9 @@
 namespace mf::kernels {
 
 // cache[cache_rows[t]] = bf16(key[t]) (then value[t] after it when value is not null).
+template <typename CacheT>  // __nv_bfloat16 or float
 cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_rows, int num_tokens, int key_width,
-                    int row_width, __nv_bfloat16* cache, cudaStream_t stream);
+                    int row_width, CacheT* cache, cudaStream_t stream);
 
 struct AttentionArgs {
   const float* queries;         // [slots, heads * head_dim]
@@ -19,13 +20,14 @@ struct AttentionArgs {
   const int32_t* token_seq;     // [tokens]
   const int32_t* token_pos;     // [tokens]
   const int32_t* block_tables;  // [sequences, max_blocks]
-  const __nv_bfloat16* cache;   // [blocks * block_size, row_width]
+  const void* cache;            // [blocks * block_size, row_width], bf16 or fp32
   float* out;                   // [slots, heads * head_dim]
   int num_slots, num_heads, head_dim, row_width, value_offset, block_size, max_blocks;
 };
 
 // For each slot and head: o = Σ_{j<=i} exp(log σ(l_ij) - Σ_{j<m<=i} softplus(l_im)) v_j, computed
 // in log space over chunks of keys from the newest backwards, with fp32 accumulation.
+template <typename CacheT>
 cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t stream);
 
 }  // namespace mf::kernels

@@ -48,6 +48,22 @@ __global__ void GatherToBf16Kernel(const float* __restrict__ x, const int32_t* _
   }
 }
 
+__global__ void GatherToBf16SplitKernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int num_rows,
+                                        int width, __nv_bfloat16* __restrict__ out) {
+  const int64_t source = rows == nullptr ? blockIdx.x : rows[blockIdx.x];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    const float value = x[source * width + c];
+    const __nv_bfloat16 high = __float2bfloat16(value);
+    out[static_cast<int64_t>(blockIdx.x) * width + c] = high;
+    out[(static_cast<int64_t>(num_rows) + blockIdx.x) * width + c] = __float2bfloat16(value - __bfloat162float(high));
+  }
+}
+
+__global__ void SumHalvesKernel(const float* __restrict__ halves, int64_t count, float* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) out[i] = halves[i] + halves[count + i];
+}
+
 __global__ void GatherRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int width,
                                  float* __restrict__ out) {
   const int64_t source = rows[blockIdx.x];
@@ -104,6 +120,17 @@ cudaError_t LayerNorm(const float* x, const float* weight, const float* bias, fl
 cudaError_t GatherToBf16(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
                          cudaStream_t stream) {
   if (num_rows > 0) GatherToBf16Kernel<<<num_rows, kThreads, 0, stream>>>(x, rows, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherToBf16Split(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
+                              cudaStream_t stream) {
+  if (num_rows > 0) GatherToBf16SplitKernel<<<num_rows, kThreads, 0, stream>>>(x, rows, num_rows, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t SumHalves(const float* halves, int64_t count, float* out, cudaStream_t stream) {
+  if (count > 0) SumHalvesKernel<<<Blocks(count), kThreads, 0, stream>>>(halves, count, out);
   return cudaGetLastError();
 }
 

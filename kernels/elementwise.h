@@ -19,6 +19,13 @@ cudaError_t LayerNorm(const float* x, const float* weight, const float* bias, fl
 // out[i] = bf16(x[rows[i]]) (or of x[i] when rows is null).
 cudaError_t GatherToBf16(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
                          cudaStream_t stream);
+// Splits each (gathered) row into two bf16 rows whose sum is the fp32 value to ~16
+// bits: out[i] = bf16(v), out[num_rows + i] = bf16(v - bf16(v)). A GEMM over both
+// halves, summed, gives fp32-accurate activations with bf16 weights.
+cudaError_t GatherToBf16Split(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
+                              cudaStream_t stream);
+// out[i] = halves[i] + halves[count + i]
+cudaError_t SumHalves(const float* halves, int64_t count, float* out, cudaStream_t stream);
 // out[i] = x[rows[i]]
 cudaError_t GatherRows(const float* x, const int32_t* rows, int num_rows, int width, float* out, cudaStream_t stream);
 // x[r, c] += bias[c]

@@ -16,7 +16,7 @@ status=0
 "$BUNDLE/kernel_tests" 2>&1 | tee "$OUT/kernel_tests.txt" | grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|case [0-9]" || true
 grep -q "^\[  PASSED" "$OUT/kernel_tests.txt" && ! grep -q "FAILED" "$OUT/kernel_tests.txt" || status=1
 for dir in "$MF_SHARED_DIR"/fixtures/reference/*/; do
-  "$BUNDLE/moduleformer" verify --device cuda --model "$dir" --cases "$dir/cases.json" --logit-tolerance 5e-2 \
+  "$BUNDLE/moduleformer" verify --device cuda --model "$dir" --cases "$dir/cases.json" --logit-tolerance 5e-2 --gate-tolerance 1e-3 \
     2>&1 | tee -a "$OUT/verify_cuda.txt" | tail -n 1 || status=1
 done
 if [ -z "${SKIP_MEMCHECK:-}" ]; then
@@ -26,7 +26,10 @@ if [ -z "${SKIP_MEMCHECK:-}" ]; then
   tail -n 3 "$OUT/memcheck.txt"
 fi
 if [ -z "${SKIP_BENCH:-}" ]; then
-  "$BUNDLE/bench/step_bench" --device cuda --random-weights "$BUNDLE/configs/molm-350m-4b.json" \
-    --decode-batches 1,256 --context 512 2>&1 | tee "$OUT/step_bench.txt" || status=1
+  for precision in exact bf16; do
+    "$BUNDLE/bench/step_bench" --device cuda --precision "$precision" \
+      --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 2>&1 \
+      | tee -a "$OUT/step_bench.txt" || status=1
+  done
 fi
 exit $status

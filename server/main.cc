@@ -20,7 +20,8 @@ ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetenso
 ABSL_FLAG(std::string, random_weights, "", "Serve a random model of this config's shape instead of --model");
 ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
 ABSL_FLAG(std::string, tokenizer, "", "Tokenizer directory (default: the model directory, if it has one)");
-ABSL_FLAG(std::string, device, "cpu", "Backend: cpu");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free one and print it)");
 ABSL_FLAG(std::string, port_file, "", "Write the port actually bound to this file once serving");
@@ -70,6 +71,7 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   source.random_config = absl::GetFlag(FLAGS_random_weights);
   source.seed = absl::GetFlag(FLAGS_seed);
   source.device = absl::GetFlag(FLAGS_device);
+  source.precision = absl::GetFlag(FLAGS_precision);
   source.cache.block_size = absl::GetFlag(FLAGS_block_size);
   source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   source.cache.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);

@@ -2,6 +2,8 @@
 // backend: the same routing and greedy tokens, logits within 5e-2.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "engine/cuda_backend.h"
 #include "engine/fixture.h"
 #include "tests/kernels/cuda_test_util.h"
@@ -10,8 +12,17 @@
 namespace mf {
 namespace {
 
+// Chosen experts of one token, as a sorted set (two near-equal gates may swap order).
+std::vector<int32_t> ExpertSet(const MixtureRouting& routing, size_t token) {
+  std::vector<int32_t> experts(routing.experts.begin() + static_cast<int64_t>(token * routing.top_k),
+                               routing.experts.begin() + static_cast<int64_t>((token + 1) * routing.top_k));
+  std::sort(experts.begin(), experts.end());
+  return experts;
+}
+
 class CudaModelTest : public ::testing::TestWithParam<std::string> {};
 
+// Exact mode: the bar is the CPU backend's routing and greedy tokens, logits within 5e-2.
 TEST_P(CudaModelTest, MatchesReferenceAndCpuBackend) {
   if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
   const std::string fixture = GetParam();
@@ -36,13 +47,18 @@ TEST_P(CudaModelTest, MatchesReferenceAndCpuBackend) {
     auto on_cpu = GenerateGreedy(*cpu_model, prompts, options);
     ASSERT_TRUE(on_cpu.ok());
     for (size_t i = 0; i < cases->size(); ++i) {
-      const CaseReport report = CompareWithReference((*cases)[i], (*on_cuda)[i], Tolerances{5e-2, 1e-2});
+      const CaseReport report = CompareWithReference((*cases)[i], (*on_cuda)[i], Tolerances{5e-2, 1e-3});
       EXPECT_TRUE(report.ok()) << fixture << " case " << i << ": " << report.first_mismatch;
       EXPECT_EQ((*on_cuda)[i].tokens, (*on_cpu)[i].tokens);
       for (size_t layer = 0; layer < (*on_cpu)[i].routing.size(); ++layer) {
         for (int mixture = 0; mixture < 2; ++mixture) {
-          EXPECT_EQ((*on_cuda)[i].routing[layer][mixture].experts, (*on_cpu)[i].routing[layer][mixture].experts)
-              << fixture << " case " << i << " layer " << layer << " mixture " << mixture;
+          const MixtureRouting& gpu = (*on_cuda)[i].routing[layer][mixture];
+          const MixtureRouting& cpu = (*on_cpu)[i].routing[layer][mixture];
+          ASSERT_EQ(gpu.experts.size(), cpu.experts.size());
+          for (size_t token = 0; token < cpu.experts.size() / static_cast<size_t>(cpu.top_k); ++token) {
+            EXPECT_EQ(ExpertSet(gpu, token), ExpertSet(cpu, token))
+                << fixture << " case " << i << " layer " << layer << " mixture " << mixture << " token " << token;
+          }
         }
       }
       std::printf("%s case %zu (chunk %d): max |logit - reference| %.3g\n", fixture.c_str(), i, chunk,
@@ -50,6 +66,29 @@ TEST_P(CudaModelTest, MatchesReferenceAndCpuBackend) {
     }
   }
   EXPECT_EQ((*cuda_model)->kv_cache().allocator().num_used_blocks(), 0);
+}
+
+// bf16 mode: reported, not asserted exact (close routing decisions may flip).
+TEST(CudaBf16ModelTest, ReportsAgreementWithTheReference) {
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  for (const std::string& fixture : testing::ReferenceModelNames()) {
+    auto cases = *LoadReferenceCases(testing::ReferenceDir(fixture) + "/cases.json");
+    auto weights = *LoadWeights(testing::ReferenceDir(fixture));
+    KvCacheOptions cache;
+    cache.num_blocks = 256;
+    auto model = Model::Create(weights, *CudaBackend::Create(0, CudaPrecision::kBf16), cache);
+    ASSERT_TRUE(model.ok());
+    std::vector<std::vector<int32_t>> prompts;
+    for (const ReferenceCase& reference : cases) prompts.push_back(reference.prompt);
+    auto results = GenerateGreedy(**model, prompts, VerificationOptions(cases, 0));
+    ASSERT_TRUE(results.ok()) << results.status();
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const CaseReport report = CompareWithReference(cases[i], (*results)[i], Tolerances{5e-2, 1e-2});
+      std::printf("bf16 %s case %zu: max |logit - reference| %.3g, routing %s, greedy %s\n", fixture.c_str(), i,
+                  report.max_logit_error, report.routing_matches ? "same" : "differs",
+                  report.greedy_matches ? "same" : "differs");
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelTest, ::testing::ValuesIn(testing::ReferenceModelNames()),

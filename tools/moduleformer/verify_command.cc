@@ -7,6 +7,7 @@
 
 ABSL_FLAG(std::string, cases, "", "Reference cases file (cases.json)");
 ABSL_FLAG(double, logit_tolerance, 1e-4, "Largest accepted absolute logit error");
+ABSL_FLAG(double, gate_tolerance, 1e-4, "Largest accepted absolute error of a chosen expert's gate");
 ABSL_FLAG(int32_t, prefill_chunk, 0, "Prefill prompts in chunks of this many tokens (0: whole prompts)");
 ABSL_FLAG(bool, batched, true, "Run all cases together as one ragged batch (else one at a time)");
 
@@ -47,6 +48,7 @@ int RunVerify() {
 
   Tolerances tolerances;
   tolerances.logits = absl::GetFlag(FLAGS_logit_tolerance);
+  tolerances.gates = absl::GetFlag(FLAGS_gate_tolerance);
   int failures = 0;
   for (size_t i = 0; i < cases->size(); ++i) {
     const CaseReport report = CompareWithReference((*cases)[i], results[i], tolerances);
