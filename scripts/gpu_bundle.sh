@@ -9,8 +9,8 @@ BUILD_DIR="${BUILD_DIR:-build}"
 SHARED="${MF_SHARED_DIR:-$PWD/../shared}"
 BUNDLE=.device/bundle
 rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/lib" "$BUNDLE/bench" "$BUNDLE/shared/fixtures"
-binaries=("$BUILD_DIR/tests/kernel_tests" "$BUILD_DIR/moduleformer" "$BUILD_DIR/libmf_cuda_backend.so"
-          "$BUILD_DIR/bench/step_bench")
+binaries=("$BUILD_DIR/tests/kernel_tests" "$BUILD_DIR/moduleformer" "$BUILD_DIR/moduleformer-server"
+          "$BUILD_DIR/libmf_cuda_backend.so" "$BUILD_DIR/bench/step_bench" "$BUILD_DIR/bench/loadgen")
 for bin in "${binaries[@]}"; do
   case "$bin" in */bench/*) cp "$bin" "$BUNDLE/bench/" ;; *) cp "$bin" "$BUNDLE/" ;; esac
   ldd "$bin" | awk '/=> \//{print $3}' | while read -r lib; do

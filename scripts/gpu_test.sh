@@ -25,6 +25,25 @@ if [ -z "${SKIP_MEMCHECK:-}" ]; then
     --gtest_filter="${MEMCHECK_FILTER:-*}" > "$OUT/memcheck.txt" 2>&1 || status=1
   tail -n 3 "$OUT/memcheck.txt"
 fi
+# The real server on the GPU: generate through gRPC, scrape /metrics, a short load.
+work=$(mktemp -d)
+"$BUNDLE/moduleformer-server" --device cuda --model "$MF_SHARED_DIR/fixtures/reference/molm-tiny" \
+  --host 127.0.0.1 --port 0 --port-file "$work/port" --metrics-port 0 --metrics-port-file "$work/metrics" \
+  > "$OUT/server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 300); do [ -s "$work/port" ] && [ -s "$work/metrics" ] && break; sleep 0.1; done
+if [ -s "$work/port" ]; then
+  "$BUNDLE/moduleformer" generate --server "127.0.0.1:$(cat "$work/port")" --prompt-ids 1,2,3 --max-new-tokens 8 \
+    --ignore-eos | tee "$OUT/server_generate.txt" || status=1
+  python3 -c "import urllib.request,sys; t=urllib.request.urlopen(sys.argv[1]).read().decode(); \
+print('metrics:', sum(l.startswith('moduleformer_expert_tokens_total') for l in t.splitlines()), 'expert series')" \
+    "http://127.0.0.1:$(cat "$work/metrics")/metrics" | tee -a "$OUT/server_generate.txt" || status=1
+  "$BUNDLE/bench/loadgen" --server "127.0.0.1:$(cat "$work/port")" --mode closed --concurrency 16 --requests 64 \
+    --prompt-tokens 128 --max-new-tokens 64 | tee "$OUT/loadgen.txt" || status=1
+else
+  echo "server did not start"; cat "$OUT/server.log"; status=1
+fi
+kill -TERM $server; wait $server || status=1
 if [ -z "${SKIP_BENCH:-}" ]; then
   for precision in exact bf16; do
     "$BUNDLE/bench/step_bench" --device cuda --precision "$precision" \

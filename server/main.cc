@@ -111,15 +111,19 @@ int main(int argc, char** argv) {
                                                                     : absl::GetFlag(FLAGS_model);
   const bool export_metrics = absl::GetFlag(FLAGS_metrics_port) >= 0;
   auto metrics = std::make_unique<mf::server::ServerMetrics>(model_name, absl::GetFlag(FLAGS_device));
-  std::unique_ptr<mf::Engine> engine = StartEngine(export_metrics ? metrics.get() : nullptr);
   if (export_metrics) {
-    metrics->AttachEngine(engine.get());
+    // Before the model loads: the exposer's threads must exist before the CUDA backend
+    // brings cuBLAS (whose static TLS leaves no room in their small stacks).
     const std::string metrics_address =
         absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_metrics_port));
     if (absl::Status status = metrics->StartExposer(metrics_address); !status.ok()) {
       std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
       return 1;
     }
+  }
+  std::unique_ptr<mf::Engine> engine = StartEngine(export_metrics ? metrics.get() : nullptr);
+  if (export_metrics) {
+    metrics->AttachEngine(engine.get());
     if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
       std::ofstream(absl::GetFlag(FLAGS_metrics_port_file)) << metrics->port() << "\n";
     }
