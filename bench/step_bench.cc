@@ -10,13 +10,11 @@
 #include "absl/strings/str_split.h"
 #include "engine/model_loader.h"
 #include "server/command_line.h"
+#include "server/model_flags.h"
 #ifdef MF_WITH_CUDA
 #include "bench/roofline.h"
 #endif
 
-ABSL_FLAG(std::string, random_weights, "configs/molm-350m-4b.json", "Model config (random bf16 weights)");
-ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
-ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
 ABSL_FLAG(std::string, decode_batches, "1,256", "Decode batch sizes");
 ABSL_FLAG(int32_t, context, 512, "Tokens already in each sequence's cache when decoding");
 ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
@@ -78,10 +76,8 @@ void Release(mf::Model& model, const Batch& batch) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("step_bench --random-weights CONFIG --device cuda");
   mf::ParseFlags(argc, argv);
-  mf::ModelSource source;
-  source.random_config = absl::GetFlag(FLAGS_random_weights);
-  source.device = absl::GetFlag(FLAGS_device);
-  source.precision = absl::GetFlag(FLAGS_precision);
+  // --random-weights CONFIG (or --model DIR), --device, --precision as for the server.
+  mf::ModelSource source = mf::ModelSourceFromFlags();
   const int context = absl::GetFlag(FLAGS_context), steps = absl::GetFlag(FLAGS_steps);
   std::vector<int> batches;
   for (absl::string_view piece : absl::StrSplit(absl::GetFlag(FLAGS_decode_batches), ',')) {
@@ -98,7 +94,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
     return 1;
   }
-  std::printf("model %s on %s: %.2f GB weights, %.2f GB KV cache, built in %.1f s\n", source.random_config.c_str(),
+  std::printf("model %s%s on %s: %.2f GB weights, %.2f GB KV cache, built in %.1f s\n", source.random_config.c_str(), source.model_dir.c_str(),
               source.device.c_str(), (*model)->weight_bytes() / 1e9, (*model)->kv_cache().memory_bytes() / 1e9,
               Seconds(load_start));
 #ifdef MF_WITH_CUDA

@@ -14,22 +14,15 @@
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "server/command_line.h"
+#include "server/model_flags.h"
 #include "server/service.h"
 
-ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors [+ tokenizer])");
-ABSL_FLAG(std::string, random_weights, "", "Serve a random model of this config's shape instead of --model");
-ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
 ABSL_FLAG(std::string, tokenizer, "", "Tokenizer directory (default: the model directory, if it has one)");
-ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
-ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free one and print it)");
 ABSL_FLAG(std::string, port_file, "", "Write the port actually bound to this file once serving");
 ABSL_FLAG(int32_t, metrics_port, 9400, "Prometheus /metrics port (0: pick a free one; -1: no exporter)");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the metrics port actually bound to this file");
-ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
-ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
-ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-cache-mb when > 0)");
 ABSL_FLAG(int32_t, max_batch_tokens, 2048, "Tokens per engine step, all requests together");
 ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
 ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
@@ -66,15 +59,7 @@ std::shared_ptr<grpc::ServerCredentials> Credentials() {
 }
 
 std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
-  mf::ModelSource source;
-  source.model_dir = absl::GetFlag(FLAGS_model);
-  source.random_config = absl::GetFlag(FLAGS_random_weights);
-  source.seed = absl::GetFlag(FLAGS_seed);
-  source.device = absl::GetFlag(FLAGS_device);
-  source.precision = absl::GetFlag(FLAGS_precision);
-  source.cache.block_size = absl::GetFlag(FLAGS_block_size);
-  source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
-  source.cache.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);
+  const mf::ModelSource source = mf::ModelSourceFromFlags();
   auto model = mf::LoadModel(source);
   if (!model.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
@@ -107,10 +92,10 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  const std::string model_name = absl::GetFlag(FLAGS_model).empty() ? absl::GetFlag(FLAGS_random_weights)
-                                                                    : absl::GetFlag(FLAGS_model);
+  const mf::ModelSource source = mf::ModelSourceFromFlags();
+  const std::string model_name = source.model_dir.empty() ? source.random_config : source.model_dir;
   const bool export_metrics = absl::GetFlag(FLAGS_metrics_port) >= 0;
-  auto metrics = std::make_unique<mf::server::ServerMetrics>(model_name, absl::GetFlag(FLAGS_device));
+  auto metrics = std::make_unique<mf::server::ServerMetrics>(model_name, source.device);
   if (export_metrics) {
     // Before the model loads: the exposer's threads must exist before the CUDA backend
     // brings cuBLAS (whose static TLS leaves no room in their small stacks).
@@ -128,7 +113,7 @@ int main(int argc, char** argv) {
       std::ofstream(absl::GetFlag(FLAGS_metrics_port_file)) << metrics->port() << "\n";
     }
   }
-  mf::server::ModuleFormerService service(*engine, model_name, absl::GetFlag(FLAGS_device),
+  mf::server::ModuleFormerService service(*engine, model_name, source.device,
                                           export_metrics ? metrics.get() : nullptr);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -155,7 +140,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "moduleformer-server: serving %s on %s:%d, metrics on port %d (backend %s, tokenizer %s)\n",
                model_name.c_str(), absl::GetFlag(FLAGS_host).c_str(), selected_port, metrics->port(),
-               absl::GetFlag(FLAGS_device).c_str(), engine->tokenizer() != nullptr ? "yes" : "none");
+               source.device.c_str(), engine->tokenizer() != nullptr ? "yes" : "none");
 
   int received = 0;
   sigwait(&signals, &received);

@@ -9,15 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "engine/model_loader.h"
 #include "server/command_line.h"
+#include "server/model_flags.h"
 #include "tools/moduleformer/commands.h"
 
-ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors)");
-ABSL_FLAG(std::string, random_weights, "", "Config file: build a model of that shape with random weights");
-ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
-ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
-ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
-ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache size in MiB");
-ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 
 namespace mf::cli {
 
@@ -26,17 +20,7 @@ std::vector<std::string>& PositionalArguments() {
   return arguments;
 }
 
-absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags() {
-  ModelSource source;
-  source.model_dir = absl::GetFlag(FLAGS_model);
-  source.random_config = absl::GetFlag(FLAGS_random_weights);
-  source.seed = absl::GetFlag(FLAGS_seed);
-  source.device = absl::GetFlag(FLAGS_device);
-  source.precision = absl::GetFlag(FLAGS_precision);
-  source.cache.block_size = absl::GetFlag(FLAGS_block_size);
-  source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
-  return LoadModel(source);
-}
+absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags() { return LoadModel(ModelSourceFromFlags()); }
 
 }  // namespace mf::cli
 

@@ -1,0 +1,29 @@
+#include "server/model_flags.h"
+
+#include "absl/flags/flag.h"
+
+ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors [+ tokenizer])");
+ABSL_FLAG(std::string, random_weights, "", "A config.json: use a model of its shape with random weights instead");
+ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
+ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
+ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-cache-mb when > 0)");
+ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
+
+namespace mf {
+
+ModelSource ModelSourceFromFlags() {
+  ModelSource source;
+  source.model_dir = absl::GetFlag(FLAGS_model);
+  source.random_config = absl::GetFlag(FLAGS_random_weights);
+  source.seed = absl::GetFlag(FLAGS_seed);
+  source.device = absl::GetFlag(FLAGS_device);
+  source.precision = absl::GetFlag(FLAGS_precision);
+  source.cache.block_size = absl::GetFlag(FLAGS_block_size);
+  source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  source.cache.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);
+  return source;
+}
+
+}  // namespace mf
