@@ -278,6 +278,17 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
   args.value_offset = shape.kv_identity ? 0 : shape.num_heads * shape.head_dim;
   args.block_size = layout.block_size;
   args.max_blocks = layout.max_blocks_per_sequence;
+  args.num_splits = kernels::AttentionSplits(args.num_slots, args.num_heads, args.head_dim,
+                                             layout.max_blocks_per_sequence * layout.block_size);
+  Tensor partial_out, partial_mass;
+  if (args.num_splits > 1) {
+    const int64_t partials = static_cast<int64_t>(args.num_slots) * args.num_heads * args.num_splits;
+    partial_out = Scratch(DType::kF32, {partials, args.head_dim});
+    partial_mass = Scratch(DType::kF32, {partials});
+    if (partial_out.empty() || partial_mass.empty()) return;
+    args.partial_out = Ptr<float>(partial_out);
+    args.partial_mass = Ptr<float>(partial_mass);
+  }
   Check(layer_cache.dtype == DType::kF32 ? kernels::StickBreakingAttention<float>(args, stream_)
                                          : kernels::StickBreakingAttention<__nv_bfloat16>(args, stream_),
         "attention");

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cub/block/block_scan.cuh>
 
 #include "kernels/attention.h"
@@ -7,7 +8,7 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 512;                    // keys per pass; their logits live in shared memory
+constexpr int kChunk = 128;                    // keys per pass; their logits live in shared memory
 constexpr int kKeysPerThread = kChunk / kThreads;
 // Once the stick used up exceeds this, every older weight is below fp32's smallest denormal.
 constexpr float kNegligibleLogMass = 104.0f;
@@ -48,6 +49,7 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
   __shared__ float chunk_mass;
   extern __shared__ float query[];  // head_dim
 
+  const int split = blockIdx.y;
   const int slot = blockIdx.x / args.num_heads;
   const int head = blockIdx.x % args.num_heads;
   const int att_hidden = args.num_heads * args.head_dim;
@@ -64,8 +66,13 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
   // Each thread owns output dimensions threadIdx.x, +kThreads, ... (up to 8 x 128 = 1024).
   constexpr int kMaxDimsPerThread = 8;
   float accumulator[kMaxDimsPerThread] = {};
-  float log_remaining = 0;  // -Σ softplus(l_m) over keys already passed (newer than the chunk)
-  for (int newest = position; newest >= 0 && -log_remaining < kNegligibleLogMass; newest -= kChunk) {
+  float log_remaining = 0;  // -Σ softplus(l_m) over this split's keys already passed
+  // Split s takes chunks [s * per_split, (s + 1) * per_split) counted from the newest key.
+  const int total_chunks = (position + kChunk) / kChunk;
+  const int per_split = (total_chunks + args.num_splits - 1) / args.num_splits;
+  const int first_newest = position - split * per_split * kChunk;
+  const int last_newest = max(first_newest - (per_split - 1) * kChunk, 0);
+  for (int newest = first_newest; newest >= last_newest && -log_remaining < kNegligibleLogMass; newest -= kChunk) {
     const int count = min(kChunk, newest + 1);
     // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -107,9 +114,32 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
     log_remaining -= chunk_mass;
     __syncthreads();  // logits/weights are rewritten by the next chunk
   }
+  float* destination = args.num_splits == 1
+                           ? args.out + static_cast<int64_t>(slot) * att_hidden + head * args.head_dim
+                           : args.partial_out + (static_cast<int64_t>(blockIdx.x) * args.num_splits + split) * args.head_dim;
   for (int i = 0; i < kMaxDimsPerThread; ++i) {
     const int c = threadIdx.x + i * kThreads;
-    if (c < args.head_dim) args.out[static_cast<int64_t>(slot) * att_hidden + head * args.head_dim + c] = accumulator[i];
+    if (c < args.head_dim) destination[c] = accumulator[i];
+  }
+  if (args.num_splits > 1 && threadIdx.x == 0) {
+    args.partial_mass[static_cast<int64_t>(blockIdx.x) * args.num_splits + split] = -log_remaining;
+  }
+}
+
+// Right to left: a newer split's stick mass scales every older split by exp(-mass).
+__global__ void CombineSplitsKernel(AttentionArgs args) {
+  const int slot = blockIdx.x / args.num_heads;
+  const int head = blockIdx.x % args.num_heads;
+  const float* partial = args.partial_out + static_cast<int64_t>(blockIdx.x) * args.num_splits * args.head_dim;
+  const float* mass = args.partial_mass + static_cast<int64_t>(blockIdx.x) * args.num_splits;
+  float* out = args.out + static_cast<int64_t>(slot) * args.num_heads * args.head_dim + head * args.head_dim;
+  for (int c = threadIdx.x; c < args.head_dim; c += blockDim.x) {
+    float total = 0, carried = 0;
+    for (int split = 0; split < args.num_splits && carried < kNegligibleLogMass; ++split) {
+      total += expf(-carried) * partial[static_cast<int64_t>(split) * args.head_dim + c];
+      carried += mass[split];
+    }
+    out[c] = total;
   }
 }
 
@@ -124,13 +154,25 @@ cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_r
   return cudaGetLastError();
 }
 
+int AttentionSplits(int num_slots, int num_heads, int head_dim, int max_context) {
+  constexpr int kTargetBlocks = 2 * 132;              // two waves of an H100's multiprocessors
+  constexpr int64_t kMaxPartialFloats = 16 << 20;     // 64 MB of partial outputs at most
+  const int64_t blocks = static_cast<int64_t>(num_slots) * num_heads;
+  if (blocks == 0) return 1;
+  const int64_t chunks = (max_context + kChunk - 1) / kChunk;
+  const int64_t wanted = (kTargetBlocks + blocks - 1) / blocks;
+  const int64_t affordable = kMaxPartialFloats / (blocks * head_dim);
+  return static_cast<int>(std::max<int64_t>(1, std::min({chunks, wanted, affordable})));
+}
+
 template <typename CacheT>
 cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t stream) {
   if (args.head_dim > 8 * kThreads) return cudaErrorInvalidValue;
+  if (args.num_splits > 1 && (args.partial_out == nullptr || args.partial_mass == nullptr)) return cudaErrorInvalidValue;
   const int blocks = args.num_slots * args.num_heads;
-  if (blocks > 0) {
-    StickBreakingKernel<CacheT><<<blocks, kThreads, args.head_dim * sizeof(float), stream>>>(args);
-  }
+  if (blocks == 0) return cudaSuccess;
+  StickBreakingKernel<CacheT><<<dim3(blocks, args.num_splits), kThreads, args.head_dim * sizeof(float), stream>>>(args);
+  if (args.num_splits > 1) CombineSplitsKernel<<<blocks, kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -23,7 +23,17 @@ struct AttentionArgs {
   const void* cache;            // [blocks * block_size, row_width], bf16 or fp32
   float* out;                   // [slots, heads * head_dim]
   int num_slots, num_heads, head_dim, row_width, value_offset, block_size, max_blocks;
+  // Long histories are split across blocks (see AttentionSplits); with more than one
+  // split, each writes its partial output and stick mass here and a second kernel
+  // combines them newest to oldest.
+  int num_splits = 1;
+  float* partial_out = nullptr;   // [slots * heads, num_splits, head_dim]
+  float* partial_mass = nullptr;  // [slots * heads, num_splits]
 };
+
+// How many blocks to split each (slot, head)'s keys over: enough to fill the GPU
+// for small decode batches, bounded by the partial buffers' size.
+int AttentionSplits(int num_slots, int num_heads, int head_dim, int max_context);
 
 // For each slot and head: o = Σ_{j<=i} exp(log σ(l_ij) - Σ_{j<m<=i} softplus(l_im)) v_j, computed
 // in log space over chunks of keys from the newest backwards, with fp32 accumulation.

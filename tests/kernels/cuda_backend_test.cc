@@ -128,6 +128,7 @@ struct AttentionCase {
   std::vector<int> lengths;
   int heads, head_dim;
   bool identity;
+  bool decode_only = false;  // one query per sequence (its newest token): the split-history path
 };
 
 class CudaAttentionTest : public CudaBackendTest, public ::testing::WithParamInterface<AttentionCase> {};
@@ -145,18 +146,20 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
   std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks));
   std::iota(tables.begin(), tables.end(), 0);
   std::shuffle(tables.begin(), tables.end(), rng_);
-  // Queries: every position of each sequence (prefill) - decode is the last row of each.
+  // Tokens: every position of each sequence (all written to the cache); queries: all of
+  // them (prefill) or each sequence's newest (decode).
   std::vector<int32_t> token_seq, token_pos, cache_rows, slot_tokens;
   for (int s = 0; s < num_seqs; ++s) {
     for (int p = 0; p < param.lengths[s]; ++p) {
+      if (!param.decode_only || p == param.lengths[s] - 1) slot_tokens.push_back(static_cast<int32_t>(token_seq.size()));
       token_seq.push_back(s);
       token_pos.push_back(p);
       cache_rows.push_back(tables[s * max_blocks + p / block_size] * block_size + p % block_size);
-      slot_tokens.push_back(static_cast<int32_t>(slot_tokens.size()));
     }
   }
+  const int num_slots = static_cast<int>(slot_tokens.size());
   const std::vector<float> rows = RandomBf16Values(static_cast<size_t>(total) * row_width, rng_, 0.5f);
-  const std::vector<float> queries = RandomBf16Values(static_cast<size_t>(total) * att_hidden, rng_, 0.5f);
+  const std::vector<float> queries = RandomBf16Values(static_cast<size_t>(num_slots) * att_hidden, rng_, 0.5f);
   std::vector<std::vector<float>> results;
   auto bf16_backend = CudaBackend::Create(0, CudaPrecision::kBf16);
   ASSERT_TRUE(bf16_backend.ok());
@@ -174,13 +177,13 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
     layout.cache_rows = Ints(*backend, {total}, cache_rows);
     layout.block_tables = Ints(*backend, {num_seqs, max_blocks}, tables);
     RoutingPlan plan;
-    plan.num_tokens = total;
+    plan.num_tokens = num_slots;
     plan.top_k = 1;
-    plan.slot_tokens = Ints(*backend, {total}, slot_tokens);
+    plan.slot_tokens = Ints(*backend, {num_slots}, slot_tokens);
     Tensor cache = *backend->Allocate(backend->kv_cache_dtype(), {static_cast<int64_t>(tables.size()) * block_size, row_width});
     backend->WriteKv(OnBoth(*backend, {total, row_width}, rows), nullptr, layout, cache);
-    Tensor out = *backend->Allocate(DType::kF32, {total, att_hidden});
-    backend->StickBreakingAttention(OnBoth(*backend, {total, att_hidden}, queries), plan, layout, cache,
+    Tensor out = *backend->Allocate(DType::kF32, {num_slots, att_hidden});
+    backend->StickBreakingAttention(OnBoth(*backend, {num_slots, att_hidden}, queries), plan, layout, cache,
                                     AttentionShape{param.heads, param.head_dim, param.identity}, out);
     results.push_back(Read(*backend, out));
   }
@@ -194,7 +197,9 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                          ::testing::Values(AttentionCase{{1}, 1, 64, true}, AttentionCase{{1, 7, 100, 513}, 4, 16, false},
                                            AttentionCase{{1500, 33}, 1, 1024, true},
-                                           AttentionCase{{4096, 1, 700}, 2, 32, false}));
+                                           AttentionCase{{4096, 1, 700}, 2, 32, false},
+                                           AttentionCase{{4096, 1000, 3, 130}, 1, 1024, true, true},
+                                           AttentionCase{{2000, 129}, 4, 64, false, true}));
 
 }  // namespace
 }  // namespace mf
