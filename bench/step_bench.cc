@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     int value;
     if (absl::SimpleAtoi(piece, &value)) batches.push_back(value);
   }
-  const int largest = *std::max_element(batches.begin(), batches.end());
+  const int largest = batches.empty() ? 0 : *std::max_element(batches.begin(), batches.end());
   const int prompts = absl::GetFlag(FLAGS_prefill_prompts), prompt_length = absl::GetFlag(FLAGS_prefill_length);
   source.cache.block_size = 16;
   source.cache.num_blocks = std::max(largest * ((context + steps + 2 + 15) / 16), prompts * ((prompt_length + 15) / 16)) + 16;
@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   if (source.device.rfind("cuda", 0) == 0) mf::bench::PrintRoofline();
 #endif
 
-  {  // prefill: all prompts in one ragged batch
+  if (prompts > 0) {  // prefill: all prompts in one ragged batch
     Batch batch = MakeBatch(**model, prompts, prompt_length, 0);
     Run(**model, batch, prompt_length);  // warm-up
     const double seconds = Run(**model, batch, prompt_length);

@@ -28,6 +28,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
   if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking) != cudaSuccess) {
     return absl::InternalError("cuda: cannot create a stream");
   }
+  backend->timer_ = std::make_unique<CudaOpTimer>(backend->stream_);
   if (cublasCreate(&backend->cublas_) != CUBLAS_STATUS_SUCCESS ||
       cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("cuda: cannot initialise cuBLAS");
@@ -43,6 +44,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
 
 CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  timer_.reset();
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -107,14 +109,19 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const HostTensor& host, WeightU
 }
 
 void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
+  CudaOpTimer::Scope scope(*timer_, "upload");
   Check(cudaMemcpyAsync(dst.data, host, dst.num_bytes(), cudaMemcpyHostToDevice, stream_), "copy to device");
   // Callers reuse their host vectors right away; small metadata copies, so waiting is cheap.
   Check(cudaStreamSynchronize(stream_), "copy to device");
 }
 
 void CudaBackend::CopyToHost(const Tensor& src, void* host) {
-  Check(cudaMemcpyAsync(host, src.data, src.num_bytes(), cudaMemcpyDeviceToHost, stream_), "copy to host");
+  {
+    CudaOpTimer::Scope scope(*timer_, "download");
+    Check(cudaMemcpyAsync(host, src.data, src.num_bytes(), cudaMemcpyDeviceToHost, stream_), "copy to host");
+  }
   Check(cudaStreamSynchronize(stream_), "copy to host");
+  timer_->Collect();
 }
 
 void CudaBackend::ToFloat(const Tensor& src, float* host) {
@@ -128,18 +135,21 @@ void CudaBackend::ToFloat(const Tensor& src, float* host) {
 }
 
 void CudaBackend::Embed(const Tensor& table, const Tensor& token_ids, Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "embed");
   Check(kernels::Embed(Ptr<__nv_bfloat16>(table), Ptr<int32_t>(token_ids), Int(token_ids.num_elements()),
                        Int(table.cols()), Ptr<float>(out), stream_),
         "embed");
 }
 
 void CudaBackend::LayerNorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "layer_norm");
   Check(kernels::LayerNorm(Ptr<float>(x), Ptr<float>(weight), Ptr<float>(bias), eps, Int(x.rows()), Int(x.cols()),
                            Ptr<float>(out), stream_),
         "layer norm");
 }
 
 void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "linear");
   const int rows = Int(x.rows()), in = Int(x.cols()), out_features = Int(weight.rows());
   if (rows == 0) return;
   const float one = 1.0f, zero = 0.0f;
@@ -167,10 +177,18 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bi
   if (bias != nullptr) Check(kernels::AddBias(Ptr<float>(out), Ptr<float>(*bias), rows, out_features, stream_), "bias");
 }
 
-void CudaBackend::GeluExact(Tensor& x) { Check(kernels::GeluExact(Ptr<float>(x), x.num_elements(), stream_), "gelu"); }
-void CudaBackend::GeluNew(Tensor& x) { Check(kernels::GeluNew(Ptr<float>(x), x.num_elements(), stream_), "gelu_new"); }
+void CudaBackend::GeluExact(Tensor& x) {
+  CudaOpTimer::Scope scope(*timer_, "gelu");
+  Check(kernels::GeluExact(Ptr<float>(x), x.num_elements(), stream_), "gelu");
+}
+
+void CudaBackend::GeluNew(Tensor& x) {
+  CudaOpTimer::Scope scope(*timer_, "gelu_new");
+  Check(kernels::GeluNew(Ptr<float>(x), x.num_elements(), stream_), "gelu_new");
+}
 
 absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) {
+  CudaOpTimer::Scope scope(*timer_, "route");
   const int num_tokens = Int(router_logits.rows()), num_experts = Int(router_logits.cols());
   const int64_t slots = static_cast<int64_t>(num_tokens) * top_k;
   plan.num_tokens = num_tokens;
@@ -221,6 +239,7 @@ void CudaBackend::ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_str
 
 void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
                              Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "expert_gemm");
   const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
   const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   Tensor input = ToGemmInput(x, gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr, Int(slots), in);
@@ -243,12 +262,14 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
 }
 
 void CudaBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) {
+  CudaOpTimer::Scope scope(*timer_, "combine");
   Check(kernels::CombineExperts(Ptr<float>(slot_out), Ptr<float>(plan.token_gates), Ptr<int32_t>(plan.token_slots),
                                 plan.num_tokens, plan.top_k, Int(residual.cols()), Ptr<float>(residual), stream_),
         "combine");
 }
 
 void CudaBackend::WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) {
+  CudaOpTimer::Scope scope(*timer_, "write_kv");
   const float* values = value != nullptr ? Ptr<float>(*value) : nullptr;
   if (layer_cache.dtype == DType::kF32) {
     Check(kernels::WriteKv(Ptr<float>(key), values, Ptr<int32_t>(layout.cache_rows), layout.num_tokens,
@@ -263,6 +284,7 @@ void CudaBackend::WriteKv(const Tensor& key, const Tensor* value, const StepLayo
 
 void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
                                          const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "attention");
   kernels::AttentionArgs args;
   args.queries = Ptr<float>(queries);
   args.slot_tokens = Ptr<int32_t>(plan.slot_tokens);
@@ -295,6 +317,7 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
 }
 
 void CudaBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "gather_rows");
   Check(kernels::GatherRows(Ptr<float>(x), Ptr<int32_t>(rows), Int(rows.num_elements()), Int(x.cols()),
                             Ptr<float>(out), stream_),
         "gather rows");

@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "engine/backend.h"
+#include "engine/cuda_op_timer.h"
 
 namespace mf {
 
@@ -71,6 +72,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   absl::Status status_;
+  std::unique_ptr<CudaOpTimer> timer_;  // created with the stream; destroyed before it
 };
 
 }  // namespace mf

@@ -50,5 +50,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
       --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 2>&1 \
       | tee -a "$OUT/step_bench.txt" || status=1
   done
+  # Where the time goes (CUDA events per backend operation), one workload at a time.
+  if [ -n "${OP_TIMING:-}" ]; then
+    for workload in "--decode-batches 1 --prefill-prompts 0" "--decode-batches 256 --prefill-prompts 0" \
+                    "--decode-batches= --prefill-prompts 32"; do
+      echo "== bf16, $workload" | tee -a "$OUT/op_timing.txt"
+      MF_CUDA_OP_TIMING=1 "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --steps 10 \
+        --random-weights "$BUNDLE/configs/molm-350m-4b.json" $workload 2>&1 | tee -a "$OUT/op_timing.txt"
+    done
+  fi
 fi
 exit $status
