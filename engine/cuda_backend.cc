@@ -5,10 +5,15 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
+#include "kernels/expert_gemv.h"
 #include "kernels/routing.h"
 
 namespace mf {
 namespace {
+
+// Up to this many token slots per mixture, expert products use the device-side
+// segmented kernel (kernels/expert_gemv.cu) instead of per-expert cuBLAS calls.
+constexpr int64_t kMaxGemvSlots = 64;
 
 template <typename T>
 T* Ptr(const Tensor& tensor) { return static_cast<T*>(tensor.data); }
@@ -245,6 +250,25 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   Tensor input = ToGemmInput(x, gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr, Int(slots), in);
   Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
   if (input.empty() || halves.empty()) return;
+  if (slots <= kMaxGemvSlots) {
+    // Small batches (decode): one kernel reads the segments on the device; no host round trip.
+    Tensor workspace = Scratch(
+        DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
+    if (workspace.empty()) return;
+    Check(kernels::ExpertGemv(Ptr<__nv_bfloat16>(input), num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
+                              plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features, Ptr<float>(workspace),
+                              Ptr<float>(halves), stream_),
+          "expert gemv");
+  } else {
+    ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
+  }
+  if (num_halves() == 2) {
+    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
+  }
+}
+
+void CudaBackend::ExpertGemmCublas(const Tensor& input, const RoutingPlan& plan, const Tensor& experts, int slots, int in,
+                                   int out_features, Tensor& halves) {
   // Segment sizes decide the GEMM shapes, so they come to the host (one small copy per mixture).
   std::vector<int32_t> offsets(static_cast<size_t>(plan.num_experts) + 1);
   CopyToHost(plan.expert_offsets, offsets.data());
@@ -252,12 +276,11 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   for (int expert = 0; expert < plan.num_experts; ++expert) {
     const int begin = offsets[static_cast<size_t>(expert)], count = offsets[static_cast<size_t>(expert) + 1] - begin;
     if (count == 0) continue;
-    ExpertSegmentGemm(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, slots * in, count, in,
+    ExpertSegmentGemm(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, static_cast<int64_t>(slots) * in,
+                      count, in,
                       static_cast<const char*>(experts.data) + expert * expert_bytes, out_features,
-                      Ptr<float>(halves) + static_cast<int64_t>(begin) * out_features, slots * out_features);
-  }
-  if (num_halves() == 2) {
-    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
+                      Ptr<float>(halves) + static_cast<int64_t>(begin) * out_features,
+                      static_cast<int64_t>(slots) * out_features);
   }
 }
 

@@ -89,8 +89,11 @@ TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
   }
 }
 
-TEST_F(CudaBackendTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
-  const int tokens = 300, width = 64, hidden = 96, experts = 8, top_k = 2;
+// 300 tokens take the per-expert cuBLAS path; 20 (40 slots) the device-segmented kernel.
+class CudaExpertTest : public CudaBackendTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
+  const int tokens = GetParam(), width = 64, hidden = 96, experts = 8, top_k = 2;
   std::vector<float> logits = RandomBf16Values(tokens * experts, rng_, 2.0f);
   for (int t = 0; t < tokens; ++t) {
     logits[t * experts + 0] += 6.0f;   // skewed: expert 0 is almost always chosen
@@ -123,6 +126,8 @@ TEST_F(CudaBackendTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
   EXPECT_GT(offsets[1][1] - offsets[1][0], tokens * 9 / 10);  // the skewed one
   EXPECT_LT(MaxError(results[1], results[0]), 1e-4);
 }
+
+INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(300, 20, 1));
 
 struct AttentionCase {
   std::vector<int> lengths;
