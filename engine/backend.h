@@ -61,6 +61,8 @@ class Backend {
   // Element type of activations, and of the KV cache.
   virtual DType activation_dtype() const = 0;
   virtual DType kv_cache_dtype() const { return activation_dtype(); }
+  // Memory the backend could still allocate (device memory, or host RAM for the CPU).
+  virtual absl::StatusOr<int64_t> FreeMemoryBytes() const = 0;
   // The first failure of an asynchronous operation, if any (sticky).
   virtual absl::Status status() const { return absl::OkStatus(); }
 

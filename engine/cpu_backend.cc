@@ -1,6 +1,7 @@
 #include "engine/cpu_backend.h"
 
 #include <cblas.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -31,6 +32,12 @@ absl::StatusOr<Tensor> AllocateHost(DType dtype, std::vector<int64_t> shape) {
 }  // namespace
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+absl::StatusOr<int64_t> CpuBackend::FreeMemoryBytes() const {
+  const long pages = sysconf(_SC_AVPHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return absl::InternalError("cpu backend: cannot read free memory");
+  return static_cast<int64_t>(pages) * page_size;
+}
 
 absl::StatusOr<Tensor> CpuBackend::UploadWeight(const HostTensor& host, WeightUse) {
   auto tensor = AllocateHost(DType::kF32, host.shape);

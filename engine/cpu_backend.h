@@ -10,6 +10,7 @@ class CpuBackend : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   DType activation_dtype() const override { return DType::kF32; }
+  absl::StatusOr<int64_t> FreeMemoryBytes() const override;
 
   absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) override;
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;

@@ -54,6 +54,13 @@ CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
+absl::StatusOr<int64_t> CudaBackend::FreeMemoryBytes() const {
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaStreamSynchronize(stream_);  // memory freed asynchronously counts once the stream has run
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return absl::InternalError("cuda: cudaMemGetInfo failed");
+  return static_cast<int64_t>(free_bytes);
+}
+
 void CudaBackend::Check(cudaError_t error, const char* what) {
   if (error != cudaSuccess && status_.ok()) {
     status_ = absl::InternalError(absl::StrCat("cuda: ", what, ": ", cudaGetErrorString(error)));

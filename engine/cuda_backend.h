@@ -33,6 +33,7 @@ class CudaBackend : public Backend {
     return precision_ == CudaPrecision::kExact ? DType::kF32 : DType::kBF16;
   }
   absl::Status status() const override { return status_; }
+  absl::StatusOr<int64_t> FreeMemoryBytes() const override;
 
   absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) override;
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;

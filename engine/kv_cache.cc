@@ -1,5 +1,8 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
+#include <climits>
+
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
@@ -113,9 +116,15 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const ModelConfig& con
   const int64_t bytes_per_block = static_cast<int64_t>(options.block_size) * row_width *
                                   static_cast<int64_t>(DTypeSize(backend.kv_cache_dtype())) * config.n_layer;
   int num_blocks = options.num_blocks;
-  if (num_blocks <= 0) num_blocks = static_cast<int>(options.memory_bytes / bytes_per_block);
+  int64_t memory_bytes = options.memory_bytes;
+  if (num_blocks <= 0 && options.memory_fraction > 0) {
+    if (options.memory_fraction > 1) return absl::InvalidArgumentError("KV cache: memory fraction must be in (0, 1]");
+    MF_ASSIGN_OR_RETURN(const int64_t free_bytes, backend.FreeMemoryBytes());
+    memory_bytes = static_cast<int64_t>(options.memory_fraction * static_cast<double>(free_bytes));
+  }
+  if (num_blocks <= 0) num_blocks = static_cast<int>(std::min<int64_t>(memory_bytes / bytes_per_block, INT32_MAX));
   if (num_blocks <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache: ", options.memory_bytes,
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: ", memory_bytes,
                                                    " bytes hold no block (one block needs ", bytes_per_block, ")"));
   }
   KvCache cache(options.block_size, row_width, num_blocks);

@@ -67,7 +67,8 @@ class BlockAllocator {
 
 struct KvCacheOptions {
   int block_size = 16;
-  int num_blocks = 0;  // 0: derive from `memory_bytes`
+  int num_blocks = 0;            // > 0: exactly this many blocks; else
+  double memory_fraction = 0;    // > 0: this fraction of the backend's free memory (after the weights); else
   int64_t memory_bytes = 64ll << 20;
 };
 

@@ -8,6 +8,7 @@ ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
 ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, precision, "exact", "CUDA numerics: exact (fp32-accurate activations and KV cache) or bf16");
 ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
+ABSL_FLAG(double, kv_cache_fraction, 0, "KV cache as this fraction of free memory after the weights (overrides --kv-cache-mb when > 0)");
 ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-cache-mb when > 0)");
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 
@@ -23,6 +24,7 @@ ModelSource ModelSourceFromFlags() {
   source.cache.block_size = absl::GetFlag(FLAGS_block_size);
   source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   source.cache.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);
+  source.cache.memory_fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
   return source;
 }
 

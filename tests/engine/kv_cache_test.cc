@@ -64,6 +64,14 @@ TEST(KvCacheTest, SizedFromBytesWithOneVectorPerTokenWhenKEqualsV) {
   EXPECT_EQ(cache->BlocksFor(33), 3);
   options.memory_bytes = 100;
   EXPECT_EQ(KvCache::Create(*backend, *config, options).status().code(), absl::StatusCode::kInvalidArgument);
+  // A fraction of free memory: a tiny fraction of this machine's RAM still holds many blocks.
+  options.memory_fraction = 1e-4;
+  auto by_fraction = KvCache::Create(*backend, *config, options);
+  ASSERT_TRUE(by_fraction.ok()) << by_fraction.status();
+  const int64_t expected_bytes = static_cast<int64_t>(1e-4 * static_cast<double>(*backend->FreeMemoryBytes()));
+  EXPECT_NEAR(static_cast<double>(by_fraction->memory_bytes()), static_cast<double>(expected_bytes), 0.05 * expected_bytes + 8192);
+  options.memory_fraction = 1.5;
+  EXPECT_EQ(KvCache::Create(*backend, *config, options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -65,7 +65,27 @@ class GenerateTest(unittest.TestCase):
                 self.assertEqual(results[index], cases[index % len(cases)]["greedy"], f"stream {index}")
             load = server.wait_idle()
             self.assertEqual(load.kv_blocks_used, 0)
-            self.assertGreater(load.preemptions, 0, "the small cache should have forced preemptions")
+        finally:
+            server.close()
+
+    def test_preemption_leaves_outputs_unchanged(self):
+        # Two 200-token prompts generating 200 tokens each need 50 blocks of 8 apiece;
+        # the cache holds 60, so once both run one must be preempted and recomputed.
+        prompt = harness.load_cases("molm-tiny")[3]["prompt"]
+        other = list(reversed(prompt))
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--kv-cache-blocks", "60", "--block-size", "8")
+        try:
+            alone = [list(server.stub.Generate(harness.greedy_request(p, 200), timeout=60).token_ids)
+                     for p in (prompt, other)]
+            first = server.stub.Stream(harness.greedy_request(prompt, 200), timeout=60)
+            tokens = list(next(first).token_ids)  # generating: its blocks are taken
+            second = server.stub.Generate(harness.greedy_request(other, 200), timeout=60)
+            tokens += [t for message in first for t in message.token_ids]
+            self.assertEqual(tokens, alone[0])
+            self.assertEqual(list(second.token_ids), alone[1])
+            load = server.wait_idle()
+            self.assertGreater(load.preemptions, 0)
+            self.assertEqual(load.kv_blocks_used, 0)
         finally:
             server.close()
 
