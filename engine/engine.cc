@@ -166,15 +166,19 @@ void Engine::FailAll(const absl::Status& status) {
   std::vector<Sequence*> all;
   for (auto& [id, sequence] : sequences_) all.push_back(sequence.get());
   for (Sequence* sequence : all) Finish(*sequence, FinishReason::kCancelled, status, GenerationUpdate{});
-  absl::MutexLock lock(&mutex_);
-  for (auto& sequence : inbox_) {
+  std::deque<std::unique_ptr<Sequence>> never_started;
+  {
+    absl::MutexLock lock(&mutex_);
+    never_started.swap(inbox_);
+  }
+  // Callbacks run without the engine lock: a reactor may be calling Cancel meanwhile.
+  for (auto& sequence : never_started) {
     GenerationUpdate update;
     update.finished = true;
     update.finish_reason = FinishReason::kCancelled;
     update.status = status;
     sequence->on_update(std::move(update));
   }
-  inbox_.clear();
 }
 
 void Engine::PublishStats() {
