@@ -77,6 +77,13 @@ class LifecycleTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("/nonexistent/model", result.stderr)
 
+    def test_unavailable_devices_fail_at_startup_naming_the_flag(self):
+        for device in ("tpu", "cuda:99"):  # no machine has CUDA device 99; CPU-only builds lack the plugin
+            result = subprocess.run([harness.SERVER, "--model", harness.reference_dir("molm-tiny"), "--device", device,
+                                     "--port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(result.returncode, 0, device)
+            self.assertIn("--device", result.stderr, device)
+
 
 if __name__ == "__main__":
     unittest.main()
