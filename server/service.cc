@@ -33,35 +33,48 @@ absl::StatusOr<uint64_t> SubmitRequest(Engine& engine, grpc::CallbackServerConte
   return engine.Submit(*std::move(converted), std::move(on_update));
 }
 
+// The request's engine id, guarded: a reactor submits while holding the lock, so an
+// update cannot finish (and delete) a half-built reactor, and cancellation always
+// sees the stored id.
+class GuardedRequest {
+ public:
+  absl::Status Submit(Engine& engine, grpc::CallbackServerContext* context, const pb::GenerateRequest& request,
+                      UpdateCallback on_update) {
+    absl::MutexLock lock(&mutex_);
+    absl::StatusOr<uint64_t> id = SubmitRequest(engine, context, request, std::move(on_update));
+    if (id.ok()) id_ = *id;
+    return id.status();
+  }
+  void Cancel(Engine& engine) {
+    absl::MutexLock lock(&mutex_);
+    engine.Cancel(id_);
+  }
+  absl::Mutex& mutex() { return mutex_; }
+
+ private:
+  absl::Mutex mutex_;
+  uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
 // Unary Generate: accumulates the updates into the response, finishes on the last.
 class GenerateReactor : public grpc::ServerUnaryReactor {
  public:
   GenerateReactor(Engine& engine, ServerMetrics* metrics, grpc::CallbackServerContext* context,
                   const pb::GenerateRequest& request, pb::GenerateResponse* response)
       : engine_(engine), metrics_(metrics), response_(response) {
-    absl::Status submitted;
-    {
-      // Held until the id is stored: an update cannot finish (and delete) a half-built reactor.
-      absl::MutexLock lock(&mutex_);
-      absl::StatusOr<uint64_t> id =
-          SubmitRequest(engine, context, request, [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
-      submitted = id.status();
-      if (id.ok()) id_ = *id;
-    }
+    absl::Status submitted = request_.Submit(engine, context, request,
+                                             [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
     if (!submitted.ok()) FinishCounted(this, metrics_, "Generate", ToGrpcStatus(submitted));
   }
 
-  void OnCancel() override {
-    absl::MutexLock lock(&mutex_);
-    engine_.Cancel(id_);
-  }
+  void OnCancel() override { request_.Cancel(engine_); }
   void OnDone() override { delete this; }
 
  private:
   // Engine thread. The reactor lives until Finish, which only the final update calls.
   void OnUpdate(GenerationUpdate&& update) {
     {
-      absl::MutexLock lock(&mutex_);
+      absl::MutexLock lock(&request_.mutex());  // waits for the constructor to finish
       AppendUpdate(update, response_);
       if (!update.finished) return;
     }
@@ -71,8 +84,7 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
   Engine& engine_;
   ServerMetrics* metrics_;
   pb::GenerateResponse* response_;
-  absl::Mutex mutex_;
-  uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
+  GuardedRequest request_;
 };
 
 // Server streaming: one message per engine update, written one at a time. Updates
@@ -82,14 +94,8 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
   StreamReactor(Engine& engine, ServerMetrics* metrics, grpc::CallbackServerContext* context,
                 const pb::GenerateRequest& request)
       : engine_(engine), metrics_(metrics) {
-    absl::Status submitted;
-    {
-      absl::MutexLock lock(&mutex_);  // see GenerateReactor
-      absl::StatusOr<uint64_t> id =
-          SubmitRequest(engine, context, request, [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
-      submitted = id.status();
-      if (id.ok()) id_ = *id;
-    }
+    absl::Status submitted = request_.Submit(engine, context, request,
+                                             [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
     if (!submitted.ok()) FinishCounted(this, metrics_, "Stream", ToGrpcStatus(submitted));
   }
 
@@ -97,21 +103,17 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
     {
       absl::MutexLock lock(&mutex_);
       writing_ = false;
-      if (!ok) {
-        client_gone_ = true;
-        engine_.Cancel(id_);  // the client is gone; the engine's final update ends the call
-      }
+      client_gone_ |= !ok;
     }
+    if (!ok) request_.Cancel(engine_);  // the client is gone; the engine's final update ends the call
     Pump();
   }
-  void OnCancel() override {
-    absl::MutexLock lock(&mutex_);
-    engine_.Cancel(id_);
-  }
+  void OnCancel() override { request_.Cancel(engine_); }
   void OnDone() override { delete this; }
 
  private:
   void OnUpdate(GenerationUpdate&& update) {
+    { absl::MutexLock constructed(&request_.mutex()); }  // waits for the constructor to finish
     {
       absl::MutexLock lock(&mutex_);
       pending_.push_back(ToStreamResponse(update));
@@ -147,8 +149,8 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
 
   Engine& engine_;
   ServerMetrics* metrics_;
+  GuardedRequest request_;
   absl::Mutex mutex_;
-  uint64_t id_ ABSL_GUARDED_BY(mutex_) = 0;
   std::deque<pb::StreamResponse> pending_ ABSL_GUARDED_BY(mutex_);
   pb::StreamResponse current_;  // the message being written
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;
