@@ -50,8 +50,12 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, 
 }
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
-  if (source.model_dir.empty() == source.random_config.empty()) {
-    return absl::InvalidArgumentError("give exactly one of --model DIR or --random-weights CONFIG");
+  if (source.model_dir.empty() && source.random_config.empty()) {
+    return absl::InvalidArgumentError(
+        "no model: give --model DIR or --random-weights CONFIG (the built-in models/demo was not found)");
+  }
+  if (!source.model_dir.empty() && !source.random_config.empty()) {
+    return absl::InvalidArgumentError("give only one of --model DIR or --random-weights CONFIG");
   }
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(source.device, source.precision));
   ModelWeights weights;

@@ -9,6 +9,7 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-grpcio python3-grpc-tools
+  python3-torch python3-numpy python3-regex bible-kjv fortunes
   prometheus nginx-light
   clang libclang-rt-14-dev openssl
 )

@@ -82,7 +82,7 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("moduleformer-server --model DIR [--port 50051] [--device cpu] ...");
+  absl::SetProgramUsageMessage("moduleformer-server [--model DIR] [--port 50051] [--device cpu] ...");
   mf::ParseFlags(argc, argv);
   // SIGTERM/SIGINT are taken synchronously by the main thread (sigwait); every
   // thread started from here on inherits the blocked mask.

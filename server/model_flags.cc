@@ -1,8 +1,15 @@
 #include "server/model_flags.h"
 
+#include <unistd.h>
+
+#include <array>
+#include <filesystem>
+#include <system_error>
+
 #include "absl/flags/flag.h"
 
-ABSL_FLAG(std::string, model, "", "Checkpoint directory (config.json + safetensors [+ tokenizer])");
+ABSL_FLAG(std::string, model, "",
+          "Checkpoint directory (config.json + safetensors [+ tokenizer]); default: the built-in demo model");
 ABSL_FLAG(std::string, random_weights, "", "A config.json: use a model of its shape with random weights instead");
 ABSL_FLAG(uint64_t, seed, 0, "Seed for --random-weights");
 ABSL_FLAG(std::string, device, "cpu", "Backend: cpu, cuda or cuda:N");
@@ -13,10 +20,35 @@ ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 
 namespace mf {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path ExecutableDir() {
+  std::array<char, 4096> path{};
+  const ssize_t length = readlink("/proc/self/exe", path.data(), path.size() - 1);
+  return length > 0 ? fs::path(std::string(path.data(), static_cast<size_t>(length))).parent_path() : fs::path();
+}
+
+}  // namespace
+
+std::string DefaultModelDir() {
+  const fs::path exe_dir = ExecutableDir();
+  // A build tree (build/ or build/<subdir>/), an installed prefix (bin/ -> share/), the source tree.
+  const std::array<fs::path, 4> candidates = {
+      exe_dir / "../models/demo", exe_dir / "../../models/demo",
+      exe_dir / "../share/moduleformer/models/demo", fs::path(MF_SOURCE_DIR) / "models/demo"};
+  for (const fs::path& candidate : candidates) {
+    std::error_code error;
+    if (fs::exists(candidate / "config.json", error)) return fs::weakly_canonical(candidate, error).string();
+  }
+  return "";
+}
 
 ModelSource ModelSourceFromFlags() {
   ModelSource source;
   source.model_dir = absl::GetFlag(FLAGS_model);
+  if (source.model_dir.empty() && absl::GetFlag(FLAGS_random_weights).empty()) source.model_dir = DefaultModelDir();
   source.random_config = absl::GetFlag(FLAGS_random_weights);
   source.seed = absl::GetFlag(FLAGS_seed);
   source.device = absl::GetFlag(FLAGS_device);

@@ -47,6 +47,9 @@ TEXT_MODEL = os.path.join(ROOT, "tests", "server", "data", "tiny-gpt2-vocab.json
 GPT2_TOKENIZER = os.path.join(FIXTURES, "tokenizer", "gpt2")
 
 
+DEMO_MODEL = os.path.join(ROOT, "models", "demo")
+
+
 def reference_dir(name):
     return os.path.join(FIXTURES, "reference", name)
 
@@ -73,12 +76,15 @@ class Server:
     """A moduleformer-server process on a free loopback port."""
 
     def __init__(self, model, *flags, tls=None):
-        """`model`: a checkpoint directory, or a config .json for random weights."""
+        """`model`: a checkpoint directory, a config .json for random weights, or None for the default model."""
         self.workdir = tempfile.mkdtemp(prefix="mf-server-")
         port_file = os.path.join(self.workdir, "port")
         metrics_port_file = os.path.join(self.workdir, "metrics_port")
         self.log_path = os.path.join(self.workdir, "server.log")
-        source = ["--random-weights", model] if model.endswith(".json") else ["--model", model]
+        if model is None:
+            source = []
+        else:
+            source = ["--random-weights", model] if model.endswith(".json") else ["--model", model]
         args = [SERVER, *source, "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
                 "--metrics-port", "0", "--metrics-port-file", metrics_port_file, "--kv-cache-mb", "64", *flags]
         if tls:
