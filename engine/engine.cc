@@ -98,6 +98,11 @@ void Engine::StopAccepting() {
   stats_.draining = true;
 }
 
+void Engine::MarkDraining() {
+  absl::MutexLock lock(&mutex_);
+  stats_.draining = true;
+}
+
 bool Engine::WaitUntilIdle(absl::Duration timeout) {
   absl::MutexLock lock(&mutex_);
   return mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::IsIdle), timeout);

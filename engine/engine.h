@@ -60,6 +60,9 @@ class Engine {
   void Cancel(uint64_t id);
   // Refuses new requests from now on; running ones continue.
   void StopAccepting();
+  // Reports draining (GetLoad, metrics) while still accepting work: the grace period in
+  // which load balancers stop routing here.
+  void MarkDraining();
   bool WaitUntilIdle(absl::Duration timeout);
 
   EngineStats stats() const;

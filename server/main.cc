@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "server/command_line.h"
@@ -27,7 +28,10 @@ ABSL_FLAG(int32_t, max_batch_tokens, 2048, "Tokens per engine step, all requests
 ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
 ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, max_context, 4096, "Prompt + generated tokens per request");
-ABSL_FLAG(int32_t, drain_grace_seconds, 30, "On SIGTERM, time for in-flight requests to finish");
+ABSL_FLAG(int32_t, drain_delay_seconds, 0,
+          "On SIGTERM, keep serving new requests this long (reporting NOT_SERVING) before refusing them, "
+          "so load balancers stop routing here first");
+ABSL_FLAG(int32_t, drain_grace_seconds, 30, "On SIGTERM, after the delay, time for in-flight requests to finish");
 ABSL_FLAG(int32_t, max_message_mb, 16, "Largest request message accepted");
 ABSL_FLAG(int32_t, max_concurrent_streams, 1024, "HTTP/2 streams per client connection");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls-key, serve TLS");
@@ -144,12 +148,20 @@ int main(int argc, char** argv) {
 
   int received = 0;
   sigwait(&signals, &received);
-  std::fprintf(stderr, "moduleformer-server: signal %d, draining (grace %ds)\n", received,
-               absl::GetFlag(FLAGS_drain_grace_seconds));
+  const int delay_seconds = absl::GetFlag(FLAGS_drain_delay_seconds);
+  const int grace_seconds = absl::GetFlag(FLAGS_drain_grace_seconds);
+  std::fprintf(stderr, "moduleformer-server: signal %d, draining (delay %ds, grace %ds)\n", received, delay_seconds,
+               grace_seconds);
   server->GetHealthCheckService()->SetServingStatus(false);
+  engine->MarkDraining();
+  absl::SleepFor(absl::Seconds(delay_seconds));
+  // Shutdown closes the listener and refuses new streams at the transport, which clients
+  // and proxies (nginx grpc_next_upstream) retry on another replica; calls already
+  // accepted run to completion until the deadline, then are cancelled.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(grace_seconds);
+  server->Shutdown(deadline);
+  const bool drained = std::chrono::system_clock::now() < deadline;
   engine->StopAccepting();
-  const bool drained = engine->WaitUntilIdle(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   metrics->DetachEngine();
   engine.reset();
   std::fprintf(stderr, "moduleformer-server: %s\n", drained ? "drained, exiting" : "grace period over, exiting");

@@ -28,7 +28,8 @@ class LifecycleTest(unittest.TestCase):
             server.close()
 
     def test_sigterm_drains_in_flight_requests_and_exits_cleanly(self):
-        server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-grace-seconds", "20")
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-delay-seconds", "2",
+                                "--drain-grace-seconds", "20")
         try:
             case = harness.load_cases("molm-tiny")[3]
             # A long generation that is in flight when SIGTERM arrives.
@@ -40,10 +41,18 @@ class LifecycleTest(unittest.TestCase):
             while harness.health_status(server.channel) != 2 and time.time() < deadline:
                 time.sleep(0.02)
             self.assertEqual(harness.health_status(server.channel), 2)  # NOT_SERVING
-            with self.assertRaises(grpc.RpcError) as raised:
-                server.stub.Generate(harness.greedy_request([1, 2], 4), timeout=10)
-            self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
             self.assertTrue(server.load().draining)
+            # After the delay the listener closes: new requests fail UNAVAILABLE (a proxy retries elsewhere).
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                try:
+                    server.stub.Generate(harness.greedy_request([1, 2], 4), timeout=10)
+                    time.sleep(0.05)
+                except grpc.RpcError as error:
+                    self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
+                    break
+            else:
+                self.fail("new requests were still served 10 s after the drain delay")
             rest = list(stream)
             tokens = list(first.token_ids) + [t for m in rest for t in m.token_ids]
             self.assertEqual(len(tokens), 2000)
