@@ -1,35 +1,59 @@
 #!/usr/bin/env bash
-# Installs every Debian package the build, the server and the test suite use.
-# Idempotent: when everything is present it touches nothing and exits at once.
+# Installs what the build, the server and the test suite use: Debian packages, and the
+# npm packages of the offline Kubernetes manifest validator (deploy/validate).
+#   scripts/setup.sh               everything (build, tests, deployment checks)
+#   scripts/setup.sh --build-only  only what building the server needs (container images)
+# Idempotent: when everything is present it touches nothing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-PACKAGES=(
+BUILD_PACKAGES=(
   build-essential cmake pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
+)
+TEST_PACKAGES=(
   python3 python3-grpcio python3-grpc-tools
   python3-torch python3-numpy python3-regex bible-kjv fortunes
-  prometheus nginx-light
+  prometheus nginx-light yamllint
   clang libclang-rt-14-dev openssl
 )
 
+packages=("${BUILD_PACKAGES[@]}")
+if [ "${1:-}" != "--build-only" ]; then
+  packages+=("${TEST_PACKAGES[@]}")
+  # kubectl (for `kubectl kustomize`) and node/npm may already come from elsewhere;
+  # Debian's packages are the fallback.
+  command -v kubectl > /dev/null || packages+=(kubernetes-client)
+  command -v npm > /dev/null || packages+=(nodejs npm)
+fi
+
 missing=()
-for pkg in "${PACKAGES[@]}"; do
+for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup: all ${#PACKAGES[@]} packages present"
-  exit 0
-fi
-
-echo "setup: installing ${missing[*]}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages present"
+else
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" != "--build-only" ]; then
+  validator=deploy/validate
+  if [ ! -f "$validator/node_modules/.package-lock.json" ] ||
+     ! cmp -s <(sed -n '/"packages"/,$p' "$validator/package-lock.json" | grep -c resolved) \
+               <(grep -c resolved "$validator/node_modules/.package-lock.json"); then
+    echo "setup: installing $validator npm packages"
+    npm ci --prefix "$validator" --no-audit --no-fund --loglevel=error
+  fi
+fi
 echo "setup: done"

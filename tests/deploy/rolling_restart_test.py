@@ -1,0 +1,144 @@
+"""Two replicas behind nginx (deploy/nginx, Debian's nginx) on loopback: streaming load is
+spread over both; one replica gets SIGTERM mid-load and drains, a new one starts and
+nginx reloads onto it; no request fails (a rolling restart)."""
+import os
+import re
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "server"))
+import grpc  # noqa: E402
+
+import harness  # noqa: E402
+from harness import pb, pb_grpc  # noqa: E402
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+TOTAL_REQUESTS = 240
+CONCURRENCY = 16
+NEW_TOKENS = 24
+PROMPTS = ["And it came to pass", "The best thing about computers is", "A wise man once said that",
+           "Never trust a programmer who", "Love is"]
+
+
+class Nginx:
+    def __init__(self, upstream_ports):
+        self.workdir = tempfile.mkdtemp(prefix="mf-nginx-")
+        self.port = harness.free_port()
+        self.access_log = os.path.join(self.workdir, "access.log")
+        self.render(upstream_ports)
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read this private temp dir
+        with open(os.path.join(harness.ROOT, "deploy", "nginx", "nginx.conf")) as handle:
+            main_conf = handle.read().replace("pid /tmp/nginx-moduleformer.pid;", f"pid {self.workdir}/nginx.pid;")
+        with open(os.path.join(self.workdir, "nginx.conf"), "w") as handle:
+            handle.write(user + main_conf.replace("worker_processes auto;", "worker_processes 2;"))
+        self.log = open(os.path.join(self.workdir, "error.log"), "w")
+        self.process = subprocess.Popen([NGINX, "-p", self.workdir, "-c", "nginx.conf", "-g", "daemon off;"],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while not self.answers() and time.time() < deadline:
+            time.sleep(0.05)
+
+    def render(self, upstream_ports):
+        with open(os.path.join(harness.ROOT, "deploy", "nginx", "moduleformer.conf.template")) as handle:
+            template = string.Template(handle.read())
+        upstreams = "\n    ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in upstream_ports)
+        rendered = template.safe_substitute(NGINX_LISTEN=f"127.0.0.1:{self.port}", NGINX_ACCESS_LOG=self.access_log,
+                                            MODULEFORMER_UPSTREAMS=upstreams)
+        with open(os.path.join(self.workdir, "moduleformer.conf"), "w") as handle:
+            handle.write(rendered)
+
+    def answers(self):
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            try:
+                return harness.health_status(channel, timeout=1) == 1
+            except grpc.RpcError:
+                return False
+
+    def reload(self, upstream_ports):
+        self.render(upstream_ports)
+        self.process.send_signal(signal.SIGHUP)  # old workers finish their calls, new ones use the new list
+
+    def upstream_counts(self):
+        counts = {}
+        with open(self.access_log) as handle:
+            for line in handle:
+                if "/moduleformer.v1.ModuleFormer/Stream" in line:
+                    # A retried call lists every upstream it tried; the last one served it.
+                    served_by = re.search(r"upstream=(.*?) upstream_status=", line).group(1).split(",")[-1].strip()
+                    counts[served_by] = counts.get(served_by, 0) + 1
+        return counts
+
+    def retried(self):
+        with open(self.access_log) as handle:
+            return sum(1 for line in handle if re.search(r"upstream=\S+, \S+ upstream_status=", line))
+
+    def close(self):
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+class RollingRestartTest(unittest.TestCase):
+    def test_sigterm_of_a_replica_under_load_fails_no_request(self):
+        replica_flags = ("--drain-grace-seconds", "30", "--max-batch-tokens", "512")
+        first, second = harness.Server(None, *replica_flags), harness.Server(None, *replica_flags)
+        replacement = None
+        nginx = Nginx([first.port, second.port])
+        channel = grpc.insecure_channel(f"127.0.0.1:{nginx.port}")
+        stub = pb_grpc.ModuleFormerStub(channel)
+        failures, completed, lock = [], [], threading.Lock()
+        next_index = iter(range(TOTAL_REQUESTS))
+
+        def worker():
+            for index in next_index:
+                request = pb.GenerateRequest(text=PROMPTS[index % len(PROMPTS)], max_new_tokens=NEW_TOKENS,
+                                             temperature=0.0, ignore_eos=True)
+                try:
+                    tokens = [t for message in stub.Stream(request, timeout=60) for t in message.token_ids]
+                    if len(tokens) != NEW_TOKENS:
+                        raise AssertionError(f"request {index}: {len(tokens)} tokens")
+                    with lock:
+                        completed.append(index)
+                except (grpc.RpcError, AssertionError) as error:
+                    with lock:
+                        failures.append(f"request {index}: {error}")
+
+        try:
+            threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+            for thread in threads:
+                thread.start()
+            while len(completed) + len(failures) < TOTAL_REQUESTS // 4:
+                time.sleep(0.01)
+            first.terminate()  # mid-load: streams are in flight on both replicas
+            replacement = harness.Server(None, *replica_flags)
+            nginx.reload([second.port, replacement.port])
+            self.assertEqual(first.process.wait(timeout=60), 0, "the terminated replica did not drain cleanly")
+            for thread in threads:
+                thread.join(timeout=300)
+            self.assertEqual(failures, [])
+            self.assertEqual(len(completed), TOTAL_REQUESTS)
+            counts = nginx.upstream_counts()
+            for server in (first, second, replacement):
+                self.assertGreater(counts.get(server.address, 0), 0, f"{server.address} served nothing: {counts}")
+            self.assertEqual(sum(counts.values()), TOTAL_REQUESTS, counts)
+            print(f"served by replica: {counts}; retried after a refusal: {nginx.retried()}", file=sys.stderr)
+        finally:
+            channel.close()
+            nginx.close()
+            for server in (first, second, replacement):
+                if server is not None:
+                    server.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
