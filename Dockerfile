@@ -12,13 +12,13 @@ ARG UBUNTU_VERSION=24.04
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU_VERSION} AS build-cuda
 WORKDIR /src
 COPY . .
-RUN CMAKE_ARGS="-DMF_ENABLE_CUDA=ON" scripts/image_build.sh /opt/moduleformer \
+RUN CMAKE_ARGS="-DMF_ENABLE_CUDA=ON -DBUILD_TESTING=OFF -DMF_BUILD_BENCH=OFF" scripts/image_build.sh /opt/moduleformer \
     && rm -rf /var/lib/apt/lists/*
 
 FROM debian:12 AS build-cpu
 WORKDIR /src
 COPY . .
-RUN CMAKE_ARGS="-DMF_ENABLE_CUDA=OFF" scripts/image_build.sh /opt/moduleformer \
+RUN CMAKE_ARGS="-DMF_ENABLE_CUDA=OFF -DBUILD_TESTING=OFF -DMF_BUILD_BENCH=OFF" scripts/image_build.sh /opt/moduleformer \
     && rm -rf /var/lib/apt/lists/*
 
 FROM debian:12-slim AS cpu

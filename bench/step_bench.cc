@@ -20,6 +20,7 @@ ABSL_FLAG(int32_t, context, 512, "Tokens already in each sequence's cache when d
 ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
 ABSL_FLAG(int32_t, prefill_prompts, 32, "Prompts in the prefill measurement");
 ABSL_FLAG(int32_t, prefill_length, 512, "Tokens per prompt in the prefill measurement");
+ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the engine does for expert statistics");
 
 namespace {
 
@@ -52,6 +53,7 @@ Batch MakeBatch(mf::Model& model, int count, int length, int extra) {
 
 double Run(mf::Model& model, const Batch& batch, int tokens_each) {
   mf::ForwardBatch forward;
+  forward.record_routing = absl::GetFlag(FLAGS_record_routing);
   for (size_t s = 0; s < batch.tokens.size(); ++s) {
     forward.sequences.push_back({absl::MakeConstSpan(batch.tokens[s]).subspan(static_cast<size_t>(batch.cached[s]),
                                                                               static_cast<size_t>(tokens_each)),

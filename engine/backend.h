@@ -71,6 +71,10 @@ class Backend {
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
   virtual void CopyFromHost(const void* host, Tensor& dst) = 0;    // whole tensor
   virtual void CopyToHost(const Tensor& src, void* host) = 0;      // whole tensor; synchronises
+  // Whole tensor; `host` is written by the next FinishDeferredCopies() (one synchronisation
+  // for many small downloads, such as a step's routing). `host` must stay valid until then.
+  virtual void CopyToHostDeferred(const Tensor& src, void* host) { CopyToHost(src, host); }
+  virtual void FinishDeferredCopies() {}
   virtual void ToFloat(const Tensor& src, float* host) = 0;        // whole tensor, widened to f32
 
   // out[t] = table[ids[t]]

@@ -13,6 +13,8 @@ namespace {
 
 // Up to this many token slots per mixture, expert products use the device-side
 // segmented kernel (kernels/expert_gemv.cu) instead of per-expert cuBLAS calls.
+// Up to this many slots per mixture, expert products run in the device-segmented kernel
+// (no host round trip); beyond, per-expert cuBLAS GEMMs on tensor cores win.
 constexpr int64_t kMaxGemvSlots = 64;
 
 template <typename T>
@@ -49,6 +51,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
 
 CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (staging_ != nullptr) cudaFreeHost(staging_);
   timer_.reset();
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -136,6 +139,38 @@ void CudaBackend::CopyToHost(const Tensor& src, void* host) {
   timer_->Collect();
 }
 
+void CudaBackend::CopyToHostDeferred(const Tensor& src, void* host) {
+  const size_t bytes = src.num_bytes(), offset = (staging_used_ + 255) / 256 * 256;
+  if (offset + bytes > staging_bytes_) {
+    // Grow: finish what is staged, then replace the buffer (rare: sizes settle after a few steps).
+    FinishDeferredCopies();
+    if (staging_ != nullptr) cudaFreeHost(staging_);
+    staging_bytes_ = std::max<size_t>(2 * staging_bytes_, std::max<size_t>(bytes, 1 << 20));
+    if (cudaMallocHost(&staging_, staging_bytes_) != cudaSuccess) {
+      staging_ = nullptr;
+      staging_bytes_ = 0;
+      CopyToHost(src, host);  // no pinned memory: fall back to a synchronous copy
+      return;
+    }
+    return CopyToHostDeferred(src, host);
+  }
+  CudaOpTimer::Scope scope(*timer_, "download");
+  Check(cudaMemcpyAsync(static_cast<char*>(staging_) + offset, src.data, bytes, cudaMemcpyDeviceToHost, stream_),
+        "deferred copy to host");
+  deferred_.push_back({offset, bytes, host});
+  staging_used_ = offset + bytes;
+}
+
+void CudaBackend::FinishDeferredCopies() {
+  if (deferred_.empty()) return;
+  Check(cudaStreamSynchronize(stream_), "deferred copies");
+  for (const DeferredCopy& copy : deferred_) {
+    std::memcpy(copy.host, static_cast<const char*>(staging_) + copy.staging_offset, copy.bytes);
+  }
+  deferred_.clear();
+  staging_used_ = 0;
+}
+
 void CudaBackend::ToFloat(const Tensor& src, float* host) {
   if (src.dtype == DType::kF32) {
     CopyToHost(src, host);
@@ -219,7 +254,7 @@ absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingP
                              Ptr<float>(plan.token_gates), stream_),
         "softmax top-k");
   const size_t workspace_bytes = kernels::GroupByExpertWorkspaceBytes(Int(slots), num_experts);
-  Tensor workspace = Scratch(DType::kU8, {static_cast<int64_t>(workspace_bytes)});
+  Tensor workspace = workspace_bytes == 0 ? Tensor{} : Scratch(DType::kU8, {static_cast<int64_t>(workspace_bytes)});
   Check(kernels::GroupByExpert(Ptr<int32_t>(plan.token_experts), num_tokens, top_k, num_experts,
                                Ptr<int32_t>(plan.expert_offsets), Ptr<int32_t>(plan.slot_tokens),
                                Ptr<int32_t>(plan.token_slots), workspace.data, workspace_bytes, stream_),
@@ -254,21 +289,23 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   CudaOpTimer::Scope scope(*timer_, "expert_gemm");
   const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
   const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
-  Tensor input = ToGemmInput(x, gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr, Int(slots), in);
-  Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
-  if (input.empty() || halves.empty()) return;
-  if (slots <= kMaxGemvSlots) {
-    // Small batches (decode): one kernel reads the segments on the device; no host round trip.
+  const int32_t* gather = gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr;
+  if (slots <= kMaxGemvSlots && kernels::ExpertGemvSupports(out_features)) {
+    // Decode-sized batches: one kernel reads the segments on the device (no host round
+    // trip) and converts, gathers and splits the fp32 activations itself.
     Tensor workspace = Scratch(
         DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
     if (workspace.empty()) return;
-    Check(kernels::ExpertGemv(Ptr<__nv_bfloat16>(input), num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
+    Check(kernels::ExpertGemv(Ptr<float>(x), gather, num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
                               plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features, Ptr<float>(workspace),
-                              Ptr<float>(halves), stream_),
+                              Ptr<float>(out), stream_),
           "expert gemv");
-  } else {
-    ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
+    return;
   }
+  Tensor input = ToGemmInput(x, gather, Int(slots), in);
+  Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
+  if (input.empty() || halves.empty()) return;
+  ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
   if (num_halves() == 2) {
     Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
   }

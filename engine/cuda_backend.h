@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <vector>
 
 #include "engine/backend.h"
 #include "engine/cuda_op_timer.h"
@@ -39,6 +40,8 @@ class CudaBackend : public Backend {
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
   void CopyToHost(const Tensor& src, void* host) override;
+  void CopyToHostDeferred(const Tensor& src, void* host) override;
+  void FinishDeferredCopies() override;
   void ToFloat(const Tensor& src, float* host) override;
 
   void Embed(const Tensor& table, const Tensor& token_ids, Tensor& out) override;
@@ -76,6 +79,18 @@ class CudaBackend : public Backend {
   cublasHandle_t cublas_ = nullptr;
   absl::Status status_;
   std::unique_ptr<CudaOpTimer> timer_;  // created with the stream; destroyed before it
+
+  // Deferred downloads land in pinned memory (asynchronous copies need it), then move to
+  // their destinations at FinishDeferredCopies.
+  struct DeferredCopy {
+    size_t staging_offset;
+    size_t bytes;
+    void* host;
+  };
+  void* staging_ = nullptr;  // pinned, staging_bytes_ long
+  size_t staging_bytes_ = 0;
+  size_t staging_used_ = 0;
+  std::vector<DeferredCopy> deferred_;
 };
 
 }  // namespace mf

@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
@@ -98,6 +99,9 @@ absl::StatusOr<Tensor> Model::Empty(std::vector<int64_t> shape) {
 absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
   MF_RETURN_IF_ERROR(Validate(batch));
   ForwardOutput output;
+  // Every exit, errors included, completes the deferred routing downloads while `output`
+  // (their destination) still exists.
+  absl::Cleanup finish_downloads = [this] { backend_->FinishDeferredCopies(); };
   output.vocab_size = config_.vocab_size;
   std::vector<int32_t> logit_rows;
   MF_ASSIGN_OR_RETURN(StepLayout layout, BuildLayout(batch, &logit_rows, &output));
@@ -122,6 +126,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
   backend_->Linear(normed, lm_head_, nullptr, logits);
   output.logits.resize(static_cast<size_t>(logits.num_elements()));
   backend_->ToFloat(logits, output.logits.data());
+  std::move(finish_downloads).Invoke();  // the routing of every layer (RecordRouting)
   MF_RETURN_IF_ERROR(backend_->status());
   return output;
 }
@@ -191,8 +196,8 @@ void Model::RecordRouting(const RoutingPlan& plan, MixtureRouting* routing) {
   routing->num_experts = plan.num_experts;
   routing->experts.resize(static_cast<size_t>(plan.token_experts.num_elements()));
   routing->gates.resize(static_cast<size_t>(plan.token_gates.num_elements()));
-  backend_->CopyToHost(plan.token_experts, routing->experts.data());
-  backend_->CopyToHost(plan.token_gates, routing->gates.data());
+  backend_->CopyToHostDeferred(plan.token_experts, routing->experts.data());
+  backend_->CopyToHostDeferred(plan.token_gates, routing->gates.data());
 }
 
 }  // namespace mf

@@ -10,6 +10,9 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = 128;                    // keys per pass; their logits live in shared memory
 constexpr int kKeysPerThread = kChunk / kThreads;
+// Histories split across blocks in multiples of this many keys: short splits give small
+// decode batches enough blocks to keep the GPU busy.
+constexpr int kSplitGranularity = 16;
 // Once the stick used up exceeds this, every older weight is below fp32's smallest denormal.
 constexpr float kNegligibleLogMass = 104.0f;
 
@@ -67,13 +70,14 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
   constexpr int kMaxDimsPerThread = 8;
   float accumulator[kMaxDimsPerThread] = {};
   float log_remaining = 0;  // -Σ softplus(l_m) over this split's keys already passed
-  // Split s takes chunks [s * per_split, (s + 1) * per_split) counted from the newest key.
-  const int total_chunks = (position + kChunk) / kChunk;
-  const int per_split = (total_chunks + args.num_splits - 1) / args.num_splits;
-  const int first_newest = position - split * per_split * kChunk;
-  const int last_newest = max(first_newest - (per_split - 1) * kChunk, 0);
-  for (int newest = first_newest; newest >= last_newest && -log_remaining < kNegligibleLogMass; newest -= kChunk) {
-    const int count = min(kChunk, newest + 1);
+  // Split s takes keys_per_split keys counted back from the newest, in chunks of kChunk.
+  const int keys = position + 1;
+  const int per_split_rough = (keys + args.num_splits - 1) / args.num_splits;
+  const int keys_per_split = (per_split_rough + kSplitGranularity - 1) / kSplitGranularity * kSplitGranularity;
+  const int first_newest = position - split * keys_per_split;
+  const int oldest = max(first_newest - keys_per_split + 1, 0);
+  for (int newest = first_newest; newest >= oldest && -log_remaining < kNegligibleLogMass; newest -= kChunk) {
+    const int count = min(kChunk, newest - oldest + 1);
     // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int r = warp; r < count; r += kWarps) {
@@ -159,7 +163,7 @@ int AttentionSplits(int num_slots, int num_heads, int head_dim, int max_context)
   constexpr int64_t kMaxPartialFloats = 16 << 20;     // 64 MB of partial outputs at most
   const int64_t blocks = static_cast<int64_t>(num_slots) * num_heads;
   if (blocks == 0) return 1;
-  const int64_t chunks = (max_context + kChunk - 1) / kChunk;
+  const int64_t chunks = (max_context + kSplitGranularity - 1) / kSplitGranularity;
   const int64_t wanted = (kTargetBlocks + blocks - 1) / blocks;
   const int64_t affordable = kMaxPartialFloats / (blocks * head_dim);
   return static_cast<int>(std::max<int64_t>(1, std::min({chunks, wanted, affordable})));

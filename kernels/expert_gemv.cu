@@ -3,70 +3,128 @@
 namespace mf::kernels {
 namespace {
 
-constexpr int kThreads = 256;    // output columns per block
-constexpr int kSlice = 64;       // reduction rows per block
-constexpr int kRowsPerPass = 8;  // token rows sharing one read of the weights
+constexpr int kThreads = 128;
+constexpr int kColumnsPerThread = 8;                           // one 16-byte load of bf16 weights
+constexpr int kColumnsPerBlock = kThreads * kColumnsPerThread;  // 1024
+constexpr int kRowsPerPass = 8;                                 // token rows sharing one read of the weights
+constexpr int kMaxSlice = 256;                                  // reduction rows per block, at most
 
-__host__ __device__ int Slices(int k) { return (k + kSlice - 1) / kSlice; }
+__host__ __device__ int Slices(int k, int slice) { return (k + slice - 1) / slice; }
 
-// partial[h][slice][slot][n] = in[h][slot, slice rows] · W[e][slice rows, :] for the
-// slots of expert e = blockIdx.y / slices.
-__global__ void __launch_bounds__(kThreads)
-    PartialKernel(const __nv_bfloat16* __restrict__ in, int num_slots, int k, const int32_t* __restrict__ offsets,
-                  const __nv_bfloat16* __restrict__ weights, int n, float* __restrict__ partial) {
-  const int slices = Slices(k);
-  const int expert = blockIdx.y / slices, slice = blockIdx.y % slices;
-  const int begin = offsets[expert];
-  const int count = offsets[expert + 1] - begin;
-  const int column = blockIdx.x * kThreads + threadIdx.x;
-  if (count == 0 || column >= n) return;
-  const int k_begin = slice * kSlice, k_end = min(k, k_begin + kSlice);
-  const __nv_bfloat16* input = in + static_cast<int64_t>(blockIdx.z) * num_slots * k;
-  const __nv_bfloat16* matrix = weights + static_cast<int64_t>(expert) * k * n + column;
-  float* output = partial + ((static_cast<int64_t>(blockIdx.z) * slices + slice) * num_slots) * n + column;
-  for (int first = 0; first < count; first += kRowsPerPass) {
-    const int rows = min(kRowsPerPass, count - first);
-    const __nv_bfloat16* row_input = input + static_cast<int64_t>(begin + first) * k;
-    float accumulator[kRowsPerPass] = {};
-#pragma unroll 8
-    for (int i = k_begin; i < k_end; ++i) {
-      const float weight = __bfloat162float(matrix[static_cast<int64_t>(i) * n]);
+// Reduction rows per block: small batches want many blocks (short slices) to keep every
+// multiprocessor reading weights; large ones want few partial sums to add up.
+int SliceFor(int num_slots) {
+  return num_slots <= 4 ? 16 : num_slots <= 16 ? 32 : num_slots <= 128 ? 128 : kMaxSlice;
+}
+
+__device__ void Bf16x8ToFloat(const uint4& packed, float (&out)[kColumnsPerThread]) {
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&packed);
 #pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r) {
-        if (r < rows) accumulator[r] += __bfloat162float(row_input[static_cast<int64_t>(r) * k + i]) * weight;
-      }
-    }
-    for (int r = 0; r < rows; ++r) output[static_cast<int64_t>(begin + first + r) * n] = accumulator[r];
+  for (int i = 0; i < kColumnsPerThread / 2; ++i) {
+    const float2 pair = __bfloat1622float2(pairs[i]);
+    out[2 * i] = pair.x;
+    out[2 * i + 1] = pair.y;
   }
 }
 
-// out[h][slot][c] = Σ_slice partial[h][slice][slot][c], in slice order.
-__global__ void ReduceKernel(const float* __restrict__ partial, int num_halves, int num_slots, int slices, int n,
-                             float* __restrict__ out) {
+// partial[h][slice][slot][n] = in[h][slot, slice rows] · W[e][slice rows, :] for the slots
+// of expert e = blockIdx.y / slices. Rows of both halves (exact mode) share the block, so
+// each weight tile is read from memory once and reused from L1 across row passes.
+__global__ void __launch_bounds__(kThreads)
+    PartialKernel(const float* __restrict__ x, const int32_t* __restrict__ gather, int num_halves, int num_slots, int k,
+                  int slice_rows,
+                  const int32_t* __restrict__ offsets, const __nv_bfloat16* __restrict__ weights, int n,
+                  float* __restrict__ partial) {
+  __shared__ float staged[kRowsPerPass][kMaxSlice];
+  const int slices = Slices(k, slice_rows);
+  const int expert = blockIdx.y / slices, slice = blockIdx.y % slices;
+  const int begin = offsets[expert];
+  const int count = offsets[expert + 1] - begin;
+  if (count == 0) return;
+  const int column = (blockIdx.x * kThreads + threadIdx.x) * kColumnsPerThread;
+  const int k_begin = slice * slice_rows, k_rows = min(k, k_begin + slice_rows) - k_begin;
+  const __nv_bfloat16* matrix = weights + (static_cast<int64_t>(expert) * k + k_begin) * n + column;
+  const int virtual_rows = num_halves * count;  // (half, row) pairs
+  for (int first = 0; first < virtual_rows; first += kRowsPerPass) {
+    const int rows = min(kRowsPerPass, virtual_rows - first);
+    __syncthreads();  // the previous pass is done with `staged`
+    for (int index = threadIdx.x; index < rows * k_rows; index += kThreads) {
+      const int r = index / k_rows, i = index % k_rows;
+      const int half = (first + r) / count, row = begin + (first + r) % count;
+      const int64_t source = gather == nullptr ? row : gather[row];
+      const float value = x[source * k + k_begin + i];
+      // bf16(value), and in exact mode's second half what bf16 lost of it.
+      const float high = __bfloat162float(__float2bfloat16(value));
+      staged[r][i] = half == 0 ? high : __bfloat162float(__float2bfloat16(value - high));
+    }
+    __syncthreads();
+    if (column >= n) continue;
+    float accumulator[kRowsPerPass][kColumnsPerThread] = {};
+    for (int i = 0; i < k_rows; ++i) {
+      float weight[kColumnsPerThread];
+      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(matrix + static_cast<int64_t>(i) * n), weight);
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r) {
+        const float x = staged[r][i];  // rows past `rows` hold stale values; their sums are dropped
+#pragma unroll
+        for (int c = 0; c < kColumnsPerThread; ++c) accumulator[r][c] += x * weight[c];
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      const int half = (first + r) / count, row = begin + (first + r) % count;
+      float* output = partial + ((static_cast<int64_t>(half) * slices + slice) * num_slots + row) * n + column;
+      reinterpret_cast<float4*>(output)[0] = make_float4(accumulator[r][0], accumulator[r][1], accumulator[r][2], accumulator[r][3]);
+      reinterpret_cast<float4*>(output)[1] = make_float4(accumulator[r][4], accumulator[r][5], accumulator[r][6], accumulator[r][7]);
+    }
+  }
+}
+
+// out[slot][c] = Σ_h (Σ_slice partial[h][slice][slot][c]), in a fixed order (deterministic), 4 columns a thread.
+__global__ void ReduceKernel(const float4* __restrict__ partial, int num_halves, int num_slots, int slices, int n,
+                             float4* __restrict__ out) {
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t per_half = static_cast<int64_t>(num_slots) * n;
-  if (index >= num_halves * per_half) return;
-  const int64_t half = index / per_half, within = index % per_half;
-  float total = 0;
-  for (int slice = 0; slice < slices; ++slice) total += partial[(half * slices + slice) * per_half + within];
-  out[index] = total;
+  const int64_t per_half = static_cast<int64_t>(num_slots) * n / 4;
+  if (index >= per_half) return;
+  float4 sum = make_float4(0, 0, 0, 0);
+  for (int half = 0; half < num_halves; ++half) {
+    float4 total = make_float4(0, 0, 0, 0);
+    for (int slice = 0; slice < slices; ++slice) {
+      const float4 value = partial[(static_cast<int64_t>(half) * slices + slice) * per_half + index];
+      total.x += value.x;
+      total.y += value.y;
+      total.z += value.z;
+      total.w += value.w;
+    }
+    sum.x += total.x;
+    sum.y += total.y;
+    sum.z += total.z;
+    sum.w += total.w;
+  }
+  out[index] = sum;
 }
 
 }  // namespace
 
+bool ExpertGemvSupports(int n) { return n % kColumnsPerThread == 0; }
+
 size_t ExpertGemvWorkspaceFloats(int num_halves, int num_slots, int k, int n) {
-  return static_cast<size_t>(num_halves) * Slices(k) * num_slots * n;
+  return static_cast<size_t>(num_halves) * Slices(k, SliceFor(num_slots)) * num_slots * n;
 }
 
-cudaError_t ExpertGemv(const __nv_bfloat16* in, int num_halves, int num_slots, int k, const int32_t* expert_offsets,
+cudaError_t ExpertGemv(const float* x, const int32_t* gather, int num_halves, int num_slots, int k,
+                       const int32_t* expert_offsets,
                        int num_experts, const __nv_bfloat16* weights, int n, float* workspace, float* out,
                        cudaStream_t stream) {
   if (num_slots == 0) return cudaSuccess;
-  const dim3 grid((n + kThreads - 1) / kThreads, num_experts * Slices(k), num_halves);
-  PartialKernel<<<grid, kThreads, 0, stream>>>(in, num_slots, k, expert_offsets, weights, n, workspace);
-  const int64_t outputs = static_cast<int64_t>(num_halves) * num_slots * n;
-  ReduceKernel<<<static_cast<int>((outputs + 255) / 256), 256, 0, stream>>>(workspace, num_halves, num_slots, Slices(k), n,
-                                                                            out);
+  if (!ExpertGemvSupports(n)) return cudaErrorInvalidValue;
+  const int slice_rows = SliceFor(num_slots);
+  const dim3 grid((n + kColumnsPerBlock - 1) / kColumnsPerBlock, num_experts * Slices(k, slice_rows));
+  PartialKernel<<<grid, kThreads, 0, stream>>>(x, gather, num_halves, num_slots, k, slice_rows, expert_offsets, weights,
+                                               n, workspace);
+  const int64_t outputs = static_cast<int64_t>(num_slots) * n / 4;
+  ReduceKernel<<<static_cast<int>((outputs + 255) / 256), 256, 0, stream>>>(
+      reinterpret_cast<const float4*>(workspace), num_halves, num_slots, Slices(k, slice_rows), n,
+      reinterpret_cast<float4*>(out));
   return cudaGetLastError();
 }
 

@@ -75,6 +75,37 @@ __global__ void SegmentsKernel(const int32_t* __restrict__ sorted_experts, const
   token_slots[slot] = position;
 }
 
+// Small batches (decode): one block does the whole stable counting sort in shared memory,
+// one thread per slot, instead of a multi-kernel device radix sort.
+constexpr int kSmallSortSlots = 1024;
+constexpr int kSmallSortExperts = 256;
+
+__global__ void __launch_bounds__(kSmallSortSlots)
+    SmallGroupKernel(const int32_t* __restrict__ token_experts, int num_slots, int top_k, int num_experts,
+                     int32_t* __restrict__ expert_offsets, int32_t* __restrict__ slot_tokens,
+                     int32_t* __restrict__ token_slots) {
+  __shared__ int32_t experts[kSmallSortSlots];
+  __shared__ int32_t starts[kSmallSortExperts + 1];
+  const int slot = threadIdx.x;
+  const int expert = slot < num_slots ? token_experts[slot] : -1;
+  experts[slot] = expert;
+  for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) starts[e] = 0;
+  __syncthreads();
+  if (expert >= 0) atomicAdd(&starts[expert + 1], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int e = 1; e <= num_experts; ++e) starts[e] += starts[e - 1];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) expert_offsets[e] = starts[e];
+  if (expert < 0) return;
+  int rank = 0;  // earlier slots of the same expert: the sort is stable
+  for (int earlier = 0; earlier < slot; ++earlier) rank += experts[earlier] == expert;
+  const int position = starts[expert] + rank;
+  slot_tokens[position] = slot / top_k;
+  token_slots[slot] = position;
+}
+
 size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 size_t SortBytes(int num_slots) {
@@ -104,7 +135,7 @@ cudaError_t SoftmaxTopK(const float* router_logits, int num_tokens, int num_expe
 }
 
 size_t GroupByExpertWorkspaceBytes(int num_slots, int num_experts) {
-  (void)num_experts;
+  if (num_slots <= kSmallSortSlots && num_experts <= kSmallSortExperts) return 0;  // shared memory suffices
   const size_t array = Align(static_cast<size_t>(num_slots) * sizeof(int32_t));
   return 3 * array + Align(SortBytes(num_slots));
 }
@@ -113,6 +144,11 @@ cudaError_t GroupByExpert(const int32_t* token_experts, int num_tokens, int top_
                           int32_t* expert_offsets, int32_t* slot_tokens, int32_t* token_slots, void* workspace,
                           size_t workspace_bytes, cudaStream_t stream) {
   const int num_slots = num_tokens * top_k;
+  if (num_slots <= kSmallSortSlots && num_experts <= kSmallSortExperts) {
+    SmallGroupKernel<<<1, kSmallSortSlots, 0, stream>>>(token_experts, num_slots, top_k, num_experts, expert_offsets,
+                                                        slot_tokens, token_slots);
+    return cudaGetLastError();
+  }
   if (workspace_bytes < GroupByExpertWorkspaceBytes(num_slots, num_experts)) return cudaErrorInvalidValue;
   const size_t array = Align(static_cast<size_t>(num_slots) * sizeof(int32_t));
   auto* base = static_cast<char*>(workspace);

@@ -12,7 +12,9 @@ STAGE="${1:?usage: scripts/image_build.sh STAGE_DIR}"
 BUILD_DIR="${BUILD_DIR:-build}"
 
 ./scripts/setup.sh --build-only
-BUILD_DIR="$BUILD_DIR" CMAKE_ARGS="-DBUILD_TESTING=OFF -DMF_BUILD_BENCH=OFF ${CMAKE_ARGS:-}" ./scripts/build.sh
+# CMAKE_ARGS from the caller (the Dockerfile turns tests and benchmarks off); an existing
+# build directory keeps its cached options.
+BUILD_DIR="$BUILD_DIR" CMAKE_ARGS="${CMAKE_ARGS:-}" ./scripts/build.sh
 cmake --install "$BUILD_DIR" --prefix "$STAGE" > /dev/null
 
 # Libraries every runtime base image has (glibc), the CUDA runtime image has (cuBLAS, the

@@ -89,7 +89,7 @@ TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
   }
 }
 
-// 300 tokens take the per-expert cuBLAS path; 20 (40 slots) the device-segmented kernel.
+// 2000 and 300 tokens take the per-expert cuBLAS path; 20 (40 slots) and 1 the device-segmented kernel.
 class CudaExpertTest : public CudaBackendTest, public ::testing::WithParamInterface<int> {};
 
 TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
@@ -127,7 +127,7 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
   EXPECT_LT(MaxError(results[1], results[0]), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(300, 20, 1));
+INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(2000, 300, 20, 1));
 
 struct AttentionCase {
   std::vector<int> lengths;

@@ -69,7 +69,9 @@ TEST_P(DeviceRoutingTest, MatchesCpuReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, DeviceRoutingTest,
                          ::testing::Values(RoutingShape{1, 16, 2, false}, RoutingShape{7, 4, 2, false},
                                            RoutingShape{513, 32, 4, false}, RoutingShape{4096, 16, 2, false},
-                                           RoutingShape{1000, 32, 2, true}, RoutingShape{0, 8, 2, false}));
+                                           RoutingShape{1000, 32, 2, true}, RoutingShape{0, 8, 2, false},
+                                           // the single-block sort of small batches, skewed, and at its limit
+                                           RoutingShape{400, 32, 2, true}, RoutingShape{512, 16, 2, false}));
 
 }  // namespace
 }  // namespace mf
