@@ -52,6 +52,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
 CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (staging_ != nullptr) cudaFreeHost(staging_);
+  for (void* buffer : retired_staging_) cudaFreeHost(buffer);
   timer_.reset();
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -142,22 +143,23 @@ void CudaBackend::CopyToHost(const Tensor& src, void* host) {
 void CudaBackend::CopyToHostDeferred(const Tensor& src, void* host) {
   const size_t bytes = src.num_bytes(), offset = (staging_used_ + 255) / 256 * 256;
   if (offset + bytes > staging_bytes_) {
-    // Grow: finish what is staged, then replace the buffer (rare: sizes settle after a few steps).
-    FinishDeferredCopies();
-    if (staging_ != nullptr) cudaFreeHost(staging_);
-    staging_bytes_ = std::max<size_t>(2 * staging_bytes_, std::max<size_t>(bytes, 1 << 20));
-    if (cudaMallocHost(&staging_, staging_bytes_) != cudaSuccess) {
-      staging_ = nullptr;
-      staging_bytes_ = 0;
+    // Grow without waiting: copies already queued keep their buffer until FinishDeferredCopies.
+    const size_t new_bytes = std::max<size_t>(2 * staging_bytes_, std::max<size_t>(bytes, 1 << 20));
+    void* grown = nullptr;
+    if (cudaMallocHost(&grown, new_bytes) != cudaSuccess) {
       CopyToHost(src, host);  // no pinned memory: fall back to a synchronous copy
       return;
     }
+    if (staging_ != nullptr) retired_staging_.push_back(staging_);
+    staging_ = grown;
+    staging_bytes_ = new_bytes;
+    staging_used_ = 0;
     return CopyToHostDeferred(src, host);
   }
   CudaOpTimer::Scope scope(*timer_, "download");
   Check(cudaMemcpyAsync(static_cast<char*>(staging_) + offset, src.data, bytes, cudaMemcpyDeviceToHost, stream_),
         "deferred copy to host");
-  deferred_.push_back({offset, bytes, host});
+  deferred_.push_back({staging_, offset, bytes, host});
   staging_used_ = offset + bytes;
 }
 
@@ -165,9 +167,11 @@ void CudaBackend::FinishDeferredCopies() {
   if (deferred_.empty()) return;
   Check(cudaStreamSynchronize(stream_), "deferred copies");
   for (const DeferredCopy& copy : deferred_) {
-    std::memcpy(copy.host, static_cast<const char*>(staging_) + copy.staging_offset, copy.bytes);
+    std::memcpy(copy.host, static_cast<const char*>(copy.staging) + copy.staging_offset, copy.bytes);
   }
   deferred_.clear();
+  for (void* buffer : retired_staging_) cudaFreeHost(buffer);
+  retired_staging_.clear();
   staging_used_ = 0;
 }
 

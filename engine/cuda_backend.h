@@ -83,11 +83,13 @@ class CudaBackend : public Backend {
   // Deferred downloads land in pinned memory (asynchronous copies need it), then move to
   // their destinations at FinishDeferredCopies.
   struct DeferredCopy {
+    const void* staging;  // the staging buffer at the time of the copy
     size_t staging_offset;
     size_t bytes;
     void* host;
   };
   void* staging_ = nullptr;  // pinned, staging_bytes_ long
+  std::vector<void*> retired_staging_;  // outgrown, freed once their copies are done
   size_t staging_bytes_ = 0;
   size_t staging_used_ = 0;
   std::vector<DeferredCopy> deferred_;
