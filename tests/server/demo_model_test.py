@@ -50,6 +50,10 @@ class DemoModelTest(unittest.TestCase):
             pb.GenerateRequest(text=case["text"], max_new_tokens=len(case["greedy"]), temperature=0.0,
                                ignore_eos=True), timeout=30)
         self.assertEqual(output.rstrip("\n"), reply.text)
+        # The same on a local model: the CLI also defaults to the demo model and its tokenizer.
+        local = subprocess.run([harness.CLI, "generate", case["text"], "--max-new-tokens", str(len(case["greedy"]))],
+                               check=True, capture_output=True, text=True, timeout=120).stdout
+        self.assertEqual(local.rstrip("\n"), reply.text)
 
 
 if __name__ == "__main__":

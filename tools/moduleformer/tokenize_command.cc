@@ -7,9 +7,11 @@
 #include "absl/strings/str_join.h"
 #include "engine/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "server/model_flags.h"
 #include "tools/moduleformer/commands.h"
 
-ABSL_FLAG(std::string, tokenizer, "", "Tokenizer directory (tokenizer.json, or vocab.json + merges.txt)");
+ABSL_FLAG(std::string, tokenizer, "",
+          "Tokenizer directory (tokenizer.json, or vocab.json + merges.txt); default: the --model directory");
 ABSL_FLAG(bool, decode, false, "Read a JSON array of ids and print their text");
 ABSL_FLAG(bool, allow_special, false, "Encode special tokens written in the text as themselves");
 ABSL_FLAG(bool, skip_special, false, "Leave special tokens out when decoding");
@@ -17,7 +19,9 @@ ABSL_FLAG(bool, skip_special, false, "Leave special tokens out when decoding");
 namespace mf::cli {
 
 int RunTokenize() {
-  auto tokenizer = Tokenizer::Load(absl::GetFlag(FLAGS_tokenizer));
+  const std::string directory =
+      absl::GetFlag(FLAGS_tokenizer).empty() ? ModelSourceFromFlags().model_dir : absl::GetFlag(FLAGS_tokenizer);
+  auto tokenizer = Tokenizer::Load(directory);
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(tokenizer.status().message()).c_str());
     return 1;
