@@ -11,8 +11,6 @@
 namespace mf {
 namespace {
 
-// Up to this many token slots per mixture, expert products use the device-side
-// segmented kernel (kernels/expert_gemv.cu) instead of per-expert cuBLAS calls.
 // Up to this many slots per mixture, expert products run in the device-segmented kernel
 // (no host round trip); beyond, per-expert cuBLAS GEMMs on tensor cores win.
 constexpr int64_t kMaxGemvSlots = 64;

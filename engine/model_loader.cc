@@ -11,6 +11,13 @@
 #include "engine/status_macros.h"
 
 namespace mf {
+
+std::filesystem::path ExecutableDir() {
+  std::error_code error;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  return error ? std::filesystem::path() : exe.parent_path();
+}
+
 namespace {
 
 // The CUDA backend lives in libmf_cuda_backend.so beside the executable (or at
@@ -21,7 +28,7 @@ absl::StatusOr<std::unique_ptr<Backend>> LoadCudaBackend(int device, bool bf16) 
     path = override_path;
   } else {
     // Beside the executable, or one level up (build/bench/ tools use build/'s plugin).
-    const std::filesystem::path exe_dir = std::filesystem::read_symlink("/proc/self/exe").parent_path();
+    const std::filesystem::path exe_dir = ExecutableDir();
     path = (exe_dir / "libmf_cuda_backend.so").string();
     if (!std::filesystem::exists(path)) path = (exe_dir.parent_path() / "libmf_cuda_backend.so").string();
   }

@@ -2,6 +2,7 @@
 // directory or a config with random weights, a backend, a KV cache size.
 #pragma once
 
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -19,6 +20,9 @@ struct ModelSource {
   std::string precision = "exact";  // CUDA: exact (fp32-accurate) or bf16; the CPU backend is always fp32
   KvCacheOptions cache;
 };
+
+// The running executable's directory: plugins and the built-in model are found from it.
+std::filesystem::path ExecutableDir();
 
 // `device`: "cpu", "cuda" or "cuda:N"; `precision`: "exact" or "bf16" (engine/cuda_backend.h).
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, const std::string& precision);

@@ -16,7 +16,7 @@ BUILD_PACKAGES=(
 TEST_PACKAGES=(
   python3 python3-grpcio python3-grpc-tools
   python3-torch python3-numpy python3-regex bible-kjv fortunes
-  prometheus nginx-light yamllint
+  prometheus nginx-light yamllint python3-yaml
   clang libclang-rt-14-dev openssl
 )
 

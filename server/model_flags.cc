@@ -1,12 +1,11 @@
 #include "server/model_flags.h"
 
-#include <unistd.h>
-
 #include <array>
 #include <filesystem>
 #include <system_error>
 
 #include "absl/flags/flag.h"
+#include "engine/model_loader.h"
 
 ABSL_FLAG(std::string, model, "",
           "Checkpoint directory (config.json + safetensors [+ tokenizer]); default: the built-in demo model");
@@ -20,17 +19,8 @@ ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
 
 namespace mf {
-namespace {
 
 namespace fs = std::filesystem;
-
-fs::path ExecutableDir() {
-  std::array<char, 4096> path{};
-  const ssize_t length = readlink("/proc/self/exe", path.data(), path.size() - 1);
-  return length > 0 ? fs::path(std::string(path.data(), static_cast<size_t>(length))).parent_path() : fs::path();
-}
-
-}  // namespace
 
 std::string DefaultModelDir() {
   const fs::path exe_dir = ExecutableDir();

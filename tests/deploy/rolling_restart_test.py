@@ -80,11 +80,7 @@ class Nginx:
             return sum(1 for line in handle if re.search(r"upstream=\S+, \S+ upstream_status=", line))
 
     def close(self):
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        harness.stop_process(self.process, signal.SIGQUIT, timeout=20)  # SIGQUIT: nginx's graceful stop
         self.log.close()
 
 

@@ -129,14 +129,20 @@ class Server:
 
     def close(self):
         self.channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGTERM, timeout=30)
         self.log.close()
+
+
+def stop_process(process, stop_signal, timeout):
+    """Asks a child process to stop with `stop_signal`; kills it if it has not within `timeout` s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(stop_signal)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def greedy_request(prompt, max_new_tokens, **extra):
