@@ -49,6 +49,9 @@ struct AttentionShape {
   bool kv_identity = true;
 };
 
+// An activation applied to an expert product's output (backends may fuse it).
+enum class ExpertActivation { kNone, kGeluNew };
+
 // What a weight is used for: backends may store each kind differently (the CUDA
 // backend keeps routers and vectors in fp32 so routing decisions stay exact, and
 // stores expert, embedding and head matrices in bf16).
@@ -88,8 +91,9 @@ class Backend {
   virtual absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) = 0;
   // For each expert e, out[slot] = in_row(slot) · experts[e] over e's slots, where
   // in_row is x[slot_tokens[slot]] when gather_by_token, else x[slot]. experts: [E, in, out].
+  // `activation` applies to every output value (as GeluNew would, after).
   virtual void ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
-                          Tensor& out) = 0;
+                          ExpertActivation activation, Tensor& out) = 0;
   // residual[t] += Σ_r gate[t, r] · slot_out[token_slots[t, r]], summed in rank order.
   virtual void CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) = 0;
   // Writes each token's cache row: key (and value unless `value` is null) [T, width].

@@ -142,7 +142,7 @@ absl::Status CpuBackend::Route(const Tensor& router_logits, int top_k, RoutingPl
 }
 
 void CpuBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
-                            Tensor& out) {
+                            ExpertActivation activation, Tensor& out) {
   const int in_features = static_cast<int>(experts.shape[1]);
   const int out_features = static_cast<int>(experts.shape[2]);
   const int32_t* offsets = plan.expert_offsets.as<int32_t>();
@@ -166,6 +166,7 @@ void CpuBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gathe
                 in_features, weight, out_features, 0.0f, out.as<float>() + static_cast<int64_t>(begin) * out_features,
                 out_features);
   }
+  if (activation == ExpertActivation::kGeluNew) GeluNew(out);
 }
 
 void CpuBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) {

@@ -25,7 +25,7 @@ class CpuBackend : public Backend {
   void GeluNew(Tensor& x) override;
   absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) override;
   void ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
-                  Tensor& out) override;
+                  ExpertActivation activation, Tensor& out) override;
   void CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) override;
   void WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) override;
   void StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,

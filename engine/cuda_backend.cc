@@ -6,13 +6,15 @@
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/expert_gemv.h"
+#include "kernels/expert_mma.h"
 #include "kernels/routing.h"
 
 namespace mf {
 namespace {
 
-// Up to this many slots per mixture, expert products run in the device-segmented kernel
-// (no host round trip); beyond, per-expert cuBLAS GEMMs on tensor cores win.
+// Up to this many slots per mixture, expert products run in the split-reduction GEMV
+// kernel (enough blocks to keep every multiprocessor reading weights); beyond, in the
+// grouped tensor-core kernel. Both read the expert segments on the device.
 constexpr int64_t kMaxGemvSlots = 64;
 
 template <typename T>
@@ -100,6 +102,12 @@ Tensor CudaBackend::Scratch(DType dtype, std::vector<int64_t> shape) {
 
 absl::StatusOr<Tensor> CudaBackend::UploadWeight(const HostTensor& host, WeightUse use) {
   const DType target = use == WeightUse::kMatrix ? DType::kBF16 : DType::kF32;
+  if (use == WeightUse::kMatrix && host.shape.size() == 3 &&
+      !kernels::ExpertMmaSupports(static_cast<int>(host.shape[1]), static_cast<int>(host.shape[2]))) {
+    // Expert kernels move rows in 16-byte pieces.
+    return absl::InvalidArgumentError(absl::StrCat(host.name, ": the CUDA backend needs expert matrices whose sizes are "
+                                                   "multiples of 8, got [", host.shape[1], ", ", host.shape[2], "]"));
+  }
   const size_t count = static_cast<size_t>(host.num_elements());
   std::vector<float> widened(count);
   ConvertToFloat(host.dtype, host.data, count, widened.data());
@@ -275,26 +283,14 @@ Tensor CudaBackend::ToGemmInput(const Tensor& x, const int32_t* gather_rows, int
   return input;
 }
 
-void CudaBackend::ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k,
-                                    const void* weight, int n, float* out, int64_t half_stride_out) {
-  const float one = 1.0f, zero = 0.0f;
-  // Row-major out[rows, n] = in[rows, k] · W[k, n] is column-major outᵀ = Wᵀ · inᵀ, both read as stored;
-  // the halves are a batch sharing W.
-  Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, weight, CUDA_R_16BF, n, 0,
-                                   input, CUDA_R_16BF, k, half_stride_in, &zero, out, CUDA_R_32F, n, half_stride_out,
-                                   num_halves(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "expert gemm");
-}
-
 void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
-                             Tensor& out) {
+                             ExpertActivation activation, Tensor& out) {
   CudaOpTimer::Scope scope(*timer_, "expert_gemm");
   const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
   const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   const int32_t* gather = gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr;
-  if (slots <= kMaxGemvSlots && kernels::ExpertGemvSupports(out_features)) {
-    // Decode-sized batches: one kernel reads the segments on the device (no host round
-    // trip) and converts, gathers and splits the fp32 activations itself.
+  if (slots <= kMaxGemvSlots) {
+    // The GEMV kernel converts, gathers and splits the fp32 activations itself.
     Tensor workspace = Scratch(
         DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
     if (workspace.empty()) return;
@@ -302,32 +298,19 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
                               plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features, Ptr<float>(workspace),
                               Ptr<float>(out), stream_),
           "expert gemv");
+    if (activation == ExpertActivation::kGeluNew) {
+      Check(kernels::GeluNew(Ptr<float>(out), out.num_elements(), stream_), "gelu_new");
+    }
     return;
   }
   Tensor input = ToGemmInput(x, gather, Int(slots), in);
-  Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
-  if (input.empty() || halves.empty()) return;
-  ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
-  if (num_halves() == 2) {
-    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
-  }
-}
-
-void CudaBackend::ExpertGemmCublas(const Tensor& input, const RoutingPlan& plan, const Tensor& experts, int slots, int in,
-                                   int out_features, Tensor& halves) {
-  // Segment sizes decide the GEMM shapes, so they come to the host (one small copy per mixture).
-  std::vector<int32_t> offsets(static_cast<size_t>(plan.num_experts) + 1);
-  CopyToHost(plan.expert_offsets, offsets.data());
-  const size_t expert_bytes = static_cast<size_t>(in) * out_features * sizeof(uint16_t);
-  for (int expert = 0; expert < plan.num_experts; ++expert) {
-    const int begin = offsets[static_cast<size_t>(expert)], count = offsets[static_cast<size_t>(expert) + 1] - begin;
-    if (count == 0) continue;
-    ExpertSegmentGemm(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, static_cast<int64_t>(slots) * in,
-                      count, in,
-                      static_cast<const char*>(experts.data) + expert * expert_bytes, out_features,
-                      Ptr<float>(halves) + static_cast<int64_t>(begin) * out_features,
-                      static_cast<int64_t>(slots) * out_features);
-  }
+  if (input.empty()) return;
+  const auto epilogue =
+      activation == ExpertActivation::kGeluNew ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
+  Check(kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
+                           Ptr<int32_t>(plan.expert_offsets), plan.num_experts, Ptr<__nv_bfloat16>(experts),
+                           out_features, epilogue, Ptr<float>(out), stream_),
+        "expert mma");
 }
 
 void CudaBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) {

@@ -51,7 +51,7 @@ class CudaBackend : public Backend {
   void GeluNew(Tensor& x) override;
   absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) override;
   void ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
-                  Tensor& out) override;
+                  ExpertActivation activation, Tensor& out) override;
   void CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) override;
   void WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) override;
   void StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
@@ -67,11 +67,6 @@ class CudaBackend : public Backend {
   // Activations as bf16 GEMM input: [rows, k], or [2, rows, k] (value, remainder) when exact.
   Tensor ToGemmInput(const Tensor& x, const int32_t* gather_rows, int rows, int k);
   int num_halves() const { return precision_ == CudaPrecision::kExact ? 2 : 1; }
-  // out[h][rows, n] = in[h][rows, k] · W for each half h, W row-major [k, n] bf16 (expert layout).
-  void ExpertGemmCublas(const Tensor& input, const RoutingPlan& plan, const Tensor& experts, int slots, int in,
-                        int out_features, Tensor& halves);
-  void ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k, const void* weight,
-                         int n, float* out, int64_t half_stride_out);
 
   int device_ = 0;
   CudaPrecision precision_ = CudaPrecision::kExact;

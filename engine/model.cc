@@ -151,13 +151,15 @@ absl::Status Model::RunAttention(int layer, const StepLayout& layout, Tensor& hi
   MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(weights.attention, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   MF_ASSIGN_OR_RETURN(Tensor queries, Empty({num_slots, config_.att_hidden}));
-  backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.attention.experts_in, queries);
+  backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.attention.experts_in, ExpertActivation::kNone,
+                       queries);
   MF_ASSIGN_OR_RETURN(Tensor attended, Empty({num_slots, config_.att_hidden}));
   const AttentionShape shape{static_cast<int>(config_.n_head), static_cast<int>(config_.head_dim()),
                              config_.kv_is_identity()};
   backend_->StickBreakingAttention(queries, plan, layout, cache, shape, attended);
   MF_ASSIGN_OR_RETURN(Tensor projected, Empty({num_slots, config_.n_embd}));
-  backend_->ExpertGemm(attended, plan, /*gather_by_token=*/false, weights.attention.experts_out, projected);
+  backend_->ExpertGemm(attended, plan, /*gather_by_token=*/false, weights.attention.experts_out,
+                       ExpertActivation::kNone, projected);
   backend_->CombineExperts(projected, plan, hidden);
   if (output != nullptr) RecordRouting(plan, &output->routing[static_cast<size_t>(layer)][0]);
   return absl::OkStatus();
@@ -171,10 +173,11 @@ absl::Status Model::RunMlp(int layer, Tensor& hidden, ForwardOutput* output) {
   MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(weights.mlp, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   MF_ASSIGN_OR_RETURN(Tensor inner, Empty({num_slots, weights.mlp.expert_hidden}));
-  backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.mlp.experts_in, inner);
-  backend_->GeluNew(inner);
+  backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.mlp.experts_in, ExpertActivation::kGeluNew,
+                       inner);
   MF_ASSIGN_OR_RETURN(Tensor expert_out, Empty({num_slots, config_.n_embd}));
-  backend_->ExpertGemm(inner, plan, /*gather_by_token=*/false, weights.mlp.experts_out, expert_out);
+  backend_->ExpertGemm(inner, plan, /*gather_by_token=*/false, weights.mlp.experts_out, ExpertActivation::kNone,
+                       expert_out);
   backend_->CombineExperts(expert_out, plan, hidden);
   if (output != nullptr) RecordRouting(plan, &output->routing[static_cast<size_t>(layer)][1]);
   return absl::OkStatus();

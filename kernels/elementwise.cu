@@ -1,5 +1,7 @@
 #include "kernels/elementwise.h"
 
+#include "kernels/activations.cuh"
+
 namespace mf::kernels {
 namespace {
 
@@ -79,14 +81,12 @@ __global__ void AddBiasKernel(float* __restrict__ x, const float* __restrict__ b
 
 __global__ void GeluExactKernel(float* __restrict__ x, int64_t count) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < count) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752440f));
+  if (i < count) x[i] = GeluExactValue(x[i]);
 }
 
 __global__ void GeluNewKernel(float* __restrict__ x, int64_t count) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= count) return;
-  const float v = x[i];
-  x[i] = 0.5f * v * (1.0f + tanhf(0.79788456080286535588f * (v + 0.044715f * v * v * v)));
+  if (i < count) x[i] = GeluNewValue(x[i]);
 }
 
 __global__ void CombineExpertsKernel(const float* __restrict__ slot_out, const float* __restrict__ gates,

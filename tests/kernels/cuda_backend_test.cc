@@ -89,11 +89,13 @@ TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
   }
 }
 
-// 2000 and 300 tokens take the per-expert cuBLAS path; 20 (40 slots) and 1 the device-segmented kernel.
+// Up to 32 tokens (64 slots) take the split-reduction GEMV kernel; more, the grouped
+// tensor-core kernel, whose tile height follows the mean segment (40, 100, 200 and 300
+// tokens give 16, 32, 64 and 128 rows). The width (72) leaves partial tiles in k and n.
 class CudaExpertTest : public CudaBackendTest, public ::testing::WithParamInterface<int> {};
 
 TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
-  const int tokens = GetParam(), width = 64, hidden = 96, experts = 8, top_k = 2;
+  const int tokens = GetParam(), width = 72, hidden = 96, experts = 8, top_k = 2;
   std::vector<float> logits = RandomBf16Values(tokens * experts, rng_, 2.0f);
   for (int t = 0; t < tokens; ++t) {
     logits[t * experts + 0] += 6.0f;   // skewed: expert 0 is almost always chosen
@@ -103,7 +105,10 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
                            w_out = RandomBf16Values(experts * hidden * width, rng_, 0.1f), residual = RandomBf16Values(tokens * width, rng_);
   std::vector<std::vector<float>> results;
   std::vector<std::vector<int32_t>> offsets;
-  for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get())}) {
+  auto bf16_backend = CudaBackend::Create(0, CudaPrecision::kBf16);
+  ASSERT_TRUE(bf16_backend.ok());
+  for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get()),
+                           static_cast<Backend*>(bf16_backend->get())}) {
     RoutingPlan plan;
     ASSERT_TRUE(backend->Route(OnBoth(*backend, {tokens, experts}, logits), top_k, plan).ok());
     std::vector<int32_t> plan_offsets(experts + 1);
@@ -111,23 +116,27 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
     offsets.push_back(plan_offsets);
     Tensor input = OnBoth(*backend, {tokens, width}, x);
     Tensor inner = *backend->Allocate(DType::kF32, {tokens * top_k, hidden});
-    backend->ExpertGemm(input, plan, true, *backend->UploadWeight(HostF32({experts, width, hidden}, w_in), WeightUse::kMatrix), inner);
-    backend->GeluNew(inner);
+    backend->ExpertGemm(input, plan, true, *backend->UploadWeight(HostF32({experts, width, hidden}, w_in), WeightUse::kMatrix),
+                        ExpertActivation::kGeluNew, inner);
     Tensor projected = *backend->Allocate(DType::kF32, {tokens * top_k, width});
     backend->ExpertGemm(inner, plan, false, *backend->UploadWeight(HostF32({experts, hidden, width}, w_out), WeightUse::kMatrix),
-                        projected);
+                        ExpertActivation::kNone, projected);
     Tensor hidden_state = OnBoth(*backend, {tokens, width}, residual);
     backend->CombineExperts(projected, plan, hidden_state);
     results.push_back(Read(*backend, hidden_state));
   }
   ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
+  ASSERT_TRUE((*bf16_backend)->status().ok()) << (*bf16_backend)->status();
   EXPECT_EQ(offsets[0], offsets[1]);
+  EXPECT_EQ(offsets[0], offsets[2]);
   EXPECT_EQ(offsets[1][8] - offsets[1][7], 0);             // the empty expert
   EXPECT_GT(offsets[1][1] - offsets[1][0], tokens * 9 / 10);  // the skewed one
   EXPECT_LT(MaxError(results[1], results[0]), 1e-4);
+  // bf16 mode rounds the activations entering each product to bf16 (relative 2^-9 each).
+  EXPECT_LT(MaxError(results[2], results[0]), 2e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(2000, 300, 20, 1));
+INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(2000, 300, 200, 100, 40, 20, 1));
 
 struct AttentionCase {
   std::vector<int> lengths;
