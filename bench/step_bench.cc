@@ -21,6 +21,9 @@ ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
 ABSL_FLAG(int32_t, prefill_prompts, 32, "Prompts in the prefill measurement");
 ABSL_FLAG(int32_t, prefill_length, 512, "Tokens per prompt in the prefill measurement");
 ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the engine does for expert statistics");
+ABSL_FLAG(bool, full_logits, false,
+          "Download every sequence's row of logits, as the engine does for sampled requests (greedy ones take the "
+          "argmax on the device)");
 
 namespace {
 
@@ -57,7 +60,8 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each) {
   for (size_t s = 0; s < batch.tokens.size(); ++s) {
     forward.sequences.push_back({absl::MakeConstSpan(batch.tokens[s]).subspan(static_cast<size_t>(batch.cached[s]),
                                                                               static_cast<size_t>(tokens_each)),
-                                 batch.cached[s], batch.tables[s]});
+                                 batch.cached[s], batch.tables[s], /*all_logits=*/false,
+                                 absl::GetFlag(FLAGS_full_logits)});
   }
   const auto start = Clock::now();
   auto output = model.Forward(forward);

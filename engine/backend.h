@@ -26,6 +26,11 @@ struct StepLayout {
   Tensor token_pos;     // [T] int32: position within its sequence (0-based)
   Tensor cache_rows;    // [T] int32: block * block_size + offset, where its K/V are written
   Tensor block_tables;  // [num_sequences, max_blocks_per_sequence] int32
+  Tensor seq_new_tokens;  // [num_sequences] int32: tokens each sequence adds this step
+  // The same on the host, where backends plan work by sequence: sequence s owns batch
+  // tokens [seq_token_begin[s], seq_token_begin[s + 1]) and has seq_cached[s] tokens cached.
+  std::vector<int32_t> seq_token_begin;
+  std::vector<int32_t> seq_cached;
 };
 
 // A routing decision for one mixture of one layer, in the layout of
@@ -104,6 +109,8 @@ class Backend {
                                       const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) = 0;
   // out[i] = x[rows[i]]
   virtual void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+  // tokens[r] = the index of row r's largest value (the lowest such index among ties).
+  virtual void ArgmaxRows(const Tensor& logits, Tensor& tokens) = 0;
 };
 
 // The exact CPU reference backend (fp32, OpenBLAS).

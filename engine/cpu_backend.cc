@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -190,6 +191,14 @@ void CpuBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {
   for (int64_t i = 0; i < rows.num_elements(); ++i) {
     std::memcpy(out.as<float>() + i * width, x.as<float>() + rows.as<int32_t>()[i] * width,
                 static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
+void CpuBackend::ArgmaxRows(const Tensor& logits, Tensor& tokens) {
+  const int64_t width = logits.cols();
+  for (int64_t row = 0; row < logits.rows(); ++row) {
+    const float* values = logits.as<float>() + row * width;
+    tokens.as<int32_t>()[row] = static_cast<int32_t>(std::max_element(values, values + width) - values);
   }
 }
 

@@ -31,6 +31,7 @@ class CpuBackend : public Backend {
   void StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
                               const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) override;
   void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void ArgmaxRows(const Tensor& logits, Tensor& tokens) override;
 };
 
 }  // namespace mf

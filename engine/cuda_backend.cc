@@ -3,11 +3,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cuda_tensor.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/expert_gemv.h"
 #include "kernels/expert_mma.h"
 #include "kernels/routing.h"
+#include "kernels/sampling.h"
 
 namespace mf {
 namespace {
@@ -17,10 +19,8 @@ namespace {
 // grouped tensor-core kernel. Both read the expert segments on the device.
 constexpr int64_t kMaxGemvSlots = 64;
 
-template <typename T>
-T* Ptr(const Tensor& tensor) { return static_cast<T*>(tensor.data); }
-
-int Int(int64_t value) { return static_cast<int>(value); }
+using cuda::Int;
+using cuda::Ptr;
 
 }  // namespace
 
@@ -212,9 +212,12 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bi
   const float one = 1.0f, zero = 0.0f;
   // Row-major out[rows, out] = x · Wᵀ is column-major outᵀ = W · xᵀ with W read transposed.
   if (weight.dtype == DType::kF32) {
+    // Routers: full fp32 in exact mode, so routing decisions match the reference; TF32
+    // tensor cores in bf16 mode, whose activations are rounded further than that anyway.
+    const cublasComputeType_t compute =
+        precision_ == CudaPrecision::kExact ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
     Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in, &one, weight.data, CUDA_R_32F, in,
-                       x.data, CUDA_R_32F, in, &zero, out.data, CUDA_R_32F, out_features, CUBLAS_COMPUTE_32F,
-                       CUBLAS_GEMM_DEFAULT),
+                       x.data, CUDA_R_32F, in, &zero, out.data, CUDA_R_32F, out_features, compute, CUBLAS_GEMM_DEFAULT),
           "linear f32");
   } else {
     // Both halves (exact mode) are consecutive rows, so one GEMM covers them.
@@ -334,45 +337,17 @@ void CudaBackend::WriteKv(const Tensor& key, const Tensor* value, const StepLayo
   }
 }
 
-void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
-                                         const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) {
-  CudaOpTimer::Scope scope(*timer_, "attention");
-  kernels::AttentionArgs args;
-  args.queries = Ptr<float>(queries);
-  args.slot_tokens = Ptr<int32_t>(plan.slot_tokens);
-  args.token_seq = Ptr<int32_t>(layout.token_seq);
-  args.token_pos = Ptr<int32_t>(layout.token_pos);
-  args.block_tables = Ptr<int32_t>(layout.block_tables);
-  args.cache = layer_cache.data;
-  args.out = Ptr<float>(out);
-  args.num_slots = Int(queries.rows());
-  args.num_heads = shape.num_heads;
-  args.head_dim = shape.head_dim;
-  args.row_width = Int(layer_cache.cols());
-  args.value_offset = shape.kv_identity ? 0 : shape.num_heads * shape.head_dim;
-  args.block_size = layout.block_size;
-  args.max_blocks = layout.max_blocks_per_sequence;
-  args.num_splits = kernels::AttentionSplits(args.num_slots, args.num_heads, args.head_dim,
-                                             layout.max_blocks_per_sequence * layout.block_size);
-  Tensor partial_out, partial_mass;
-  if (args.num_splits > 1) {
-    const int64_t partials = static_cast<int64_t>(args.num_slots) * args.num_heads * args.num_splits;
-    partial_out = Scratch(DType::kF32, {partials, args.head_dim});
-    partial_mass = Scratch(DType::kF32, {partials});
-    if (partial_out.empty() || partial_mass.empty()) return;
-    args.partial_out = Ptr<float>(partial_out);
-    args.partial_mass = Ptr<float>(partial_mass);
-  }
-  Check(layer_cache.dtype == DType::kF32 ? kernels::StickBreakingAttention<float>(args, stream_)
-                                         : kernels::StickBreakingAttention<__nv_bfloat16>(args, stream_),
-        "attention");
-}
-
 void CudaBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {
   CudaOpTimer::Scope scope(*timer_, "gather_rows");
   Check(kernels::GatherRows(Ptr<float>(x), Ptr<int32_t>(rows), Int(rows.num_elements()), Int(x.cols()),
                             Ptr<float>(out), stream_),
         "gather rows");
+}
+
+void CudaBackend::ArgmaxRows(const Tensor& logits, Tensor& tokens) {
+  CudaOpTimer::Scope scope(*timer_, "argmax");
+  Check(kernels::ArgmaxRows(Ptr<float>(logits), Int(logits.rows()), Int(logits.cols()), Ptr<int32_t>(tokens), stream_),
+        "argmax");
 }
 
 }  // namespace mf

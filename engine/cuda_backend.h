@@ -18,6 +18,7 @@
 
 #include "engine/backend.h"
 #include "engine/cuda_op_timer.h"
+#include "kernels/prefill_attention.h"
 
 namespace mf {
 
@@ -57,6 +58,7 @@ class CudaBackend : public Backend {
   void StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
                               const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) override;
   void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void ArgmaxRows(const Tensor& logits, Tensor& tokens) override;
 
  private:
   CudaBackend() = default;
@@ -67,6 +69,20 @@ class CudaBackend : public Backend {
   // Activations as bf16 GEMM input: [rows, k], or [2, rows, k] (value, remainder) when exact.
   Tensor ToGemmInput(const Tensor& x, const int32_t* gather_rows, int rows, int k);
   int num_halves() const { return precision_ == CudaPrecision::kExact ? 2 : 1; }
+
+  // Prompt chunks' attention on tensor cores (engine/cuda_attention.cc).
+  struct PromptPiece {
+    int seq;
+    int first_token, end_token;  // a range of the sequence's new tokens
+    int64_t key_offset;          // the sequence's first row in the gathered keys
+    int64_t first_q_row;         // the range's first query row ([token * top_k + rank])
+  };
+  bool UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const;
+  void PromptAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
+                       const Tensor& layer_cache, const AttentionShape& shape, Tensor& out);
+  void RunPromptRound(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members, int max_rows,
+                      int64_t elements, const Tensor& q, const Tensor& keys, const Tensor& values, int head_dim,
+                      int width, Tensor& o);
 
   int device_ = 0;
   CudaPrecision precision_ = CudaPrecision::kExact;

@@ -9,6 +9,11 @@ namespace {
 
 double Seconds(absl::Duration duration) { return absl::ToDoubleSeconds(duration); }
 
+// Log-probabilities and anything but plain greedy decoding need the whole row of logits.
+bool NeedsFullLogits(const GenerationRequest& request) {
+  return request.return_logprobs || !PicksArgmax(request.sampling);
+}
+
 TokenRouting RoutingAt(const ForwardOutput& output, int token_index) {
   TokenRouting routing;
   for (int mixture = 0; mixture < 2; ++mixture) {
@@ -36,7 +41,7 @@ void Engine::RunStep(const SchedulePlan& plan) {
     batch.sequences.push_back(SequenceChunk{
         absl::MakeConstSpan(sequence.tokens).subspan(static_cast<size_t>(sequence.num_cached),
                                                      static_cast<size_t>(chunk.num_tokens)),
-        sequence.num_cached, sequence.block_table, /*all_logits=*/false});
+        sequence.num_cached, sequence.block_table, /*all_logits=*/false, NeedsFullLogits(sequence.request)});
   }
   absl::StatusOr<ForwardOutput> output = model_->Forward(batch);
   if (!output.ok()) {
@@ -76,8 +81,13 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
     Sequence& sequence = *plan.chunks[index].sequence;
     if (sequence.num_pending() > 0) continue;  // a prefill chunk that did not reach the end
     const int row = output.logit_row_offsets[index + 1] - 1;
-    std::vector<float> logits(output.logits_row(row), output.logits_row(row) + output.vocab_size);
-    const SampleResult sample = Sample(logits, sequence.request.sampling, sequence.history, sequence.rng);
+    SampleResult sample;
+    if (output.has_full_logits(row)) {
+      std::vector<float> logits(output.logits_row(row), output.logits_row(row) + output.vocab_size);
+      sample = Sample(logits, sequence.request.sampling, sequence.history, sequence.rng);
+    } else {
+      sample.token = output.argmax[static_cast<size_t>(row)];  // what Sample picks for plain greedy requests
+    }
 
     GenerationUpdate update;
     if (sequence.request.return_logprobs) update.logprobs.push_back(sample);

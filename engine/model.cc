@@ -124,8 +124,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
   backend_->LayerNorm(selected, ln_f_weight_, ln_f_bias_, static_cast<float>(config_.layer_norm_epsilon), normed);
   MF_ASSIGN_OR_RETURN(Tensor logits, Empty({num_rows, config_.vocab_size}));
   backend_->Linear(normed, lm_head_, nullptr, logits);
-  output.logits.resize(static_cast<size_t>(logits.num_elements()));
-  backend_->ToFloat(logits, output.logits.data());
+  MF_RETURN_IF_ERROR(ReadLogits(batch, logits, &output));
   std::move(finish_downloads).Invoke();  // the routing of every layer (RecordRouting)
   MF_RETURN_IF_ERROR(backend_->status());
   return output;
@@ -192,6 +191,35 @@ absl::StatusOr<RoutingPlan> Model::RouteMixture(const DeviceMixture& mixture, co
   RoutingPlan plan;
   MF_RETURN_IF_ERROR(backend_->Route(router_logits, mixture.top_k, plan));
   return plan;
+}
+
+absl::Status Model::ReadLogits(const ForwardBatch& batch, const Tensor& logits, ForwardOutput* output) {
+  const int64_t num_rows = logits.rows();
+  MF_ASSIGN_OR_RETURN(Tensor argmax, backend_->Allocate(DType::kI32, {num_rows}));
+  backend_->ArgmaxRows(logits, argmax);
+  output->argmax.resize(static_cast<size_t>(num_rows));
+  backend_->CopyToHostDeferred(argmax, output->argmax.data());
+  std::vector<int32_t> full_rows;
+  output->full_row.assign(static_cast<size_t>(num_rows), -1);
+  for (size_t s = 0; s < batch.sequences.size(); ++s) {
+    if (!batch.sequences[s].full_logits) continue;
+    for (int row = output->logit_row_offsets[s]; row < output->logit_row_offsets[s + 1]; ++row) {
+      output->full_row[static_cast<size_t>(row)] = static_cast<int>(full_rows.size());
+      full_rows.push_back(row);
+    }
+  }
+  if (full_rows.empty()) return absl::OkStatus();
+  output->logits.resize(full_rows.size() * static_cast<size_t>(config_.vocab_size));
+  if (static_cast<int64_t>(full_rows.size()) == num_rows) {
+    backend_->ToFloat(logits, output->logits.data());
+    return absl::OkStatus();
+  }
+  MF_ASSIGN_OR_RETURN(Tensor rows, backend_->Allocate(DType::kI32, {static_cast<int64_t>(full_rows.size())}));
+  backend_->CopyFromHost(full_rows.data(), rows);
+  MF_ASSIGN_OR_RETURN(Tensor selected, Empty({static_cast<int64_t>(full_rows.size()), config_.vocab_size}));
+  backend_->GatherRows(logits, rows, selected);
+  backend_->ToFloat(selected, output->logits.data());
+  return absl::OkStatus();
 }
 
 void Model::RecordRouting(const RoutingPlan& plan, MixtureRouting* routing) {

@@ -23,6 +23,10 @@ struct SequenceChunk {
   int num_cached = 0;                     // tokens of this sequence already in the cache
   absl::Span<const int32_t> block_table;  // must cover num_cached + new_tokens.size() tokens
   bool all_logits = false;                // logits for every new token; else for the last only
+  // Whether the caller needs these rows' full logits. When not (greedy decoding without
+  // penalties or log-probabilities), only each row's argmax comes back, sparing the
+  // transfer of a vocabulary-sized row per sequence.
+  bool full_logits = true;
 };
 
 struct ForwardBatch {
@@ -40,12 +44,17 @@ struct MixtureRouting {
 
 struct ForwardOutput {
   int64_t vocab_size = 0;
-  std::vector<float> logits;            // [rows, vocab]
+  std::vector<float> logits;            // [full rows, vocab]: the rows of chunks with full_logits
+  std::vector<int> full_row;            // per row: its index in `logits`, or -1
+  std::vector<int32_t> argmax;          // per row: the most likely token (lowest id among ties)
   std::vector<int> logit_row_offsets;   // sequence s owns rows [offsets[s], offsets[s+1])
   std::vector<int> token_offsets;       // sequence s owns batch tokens [offsets[s], offsets[s+1])
   std::vector<std::array<MixtureRouting, 2>> routing;  // per layer, indexed by Mixture; when recorded
 
-  const float* logits_row(int row) const { return logits.data() + static_cast<int64_t>(row) * vocab_size; }
+  bool has_full_logits(int row) const { return full_row[static_cast<size_t>(row)] >= 0; }
+  const float* logits_row(int row) const {
+    return logits.data() + static_cast<int64_t>(full_row[static_cast<size_t>(row)]) * vocab_size;
+  }
 };
 
 class Model {
@@ -78,6 +87,8 @@ class Model {
   absl::Status RunMlp(int layer, Tensor& hidden, ForwardOutput* output);
   absl::StatusOr<RoutingPlan> RouteMixture(const DeviceMixture& mixture, const Tensor& normed);
   void RecordRouting(const RoutingPlan& plan, MixtureRouting* routing);
+  // Downloads every row's argmax and the full rows the batch asks for.
+  absl::Status ReadLogits(const ForwardBatch& batch, const Tensor& logits, ForwardOutput* output);
   absl::StatusOr<Tensor> Empty(std::vector<int64_t> shape);
 
   ModelConfig config_;

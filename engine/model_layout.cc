@@ -47,7 +47,8 @@ absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::ve
     layout.max_blocks_per_sequence = std::max(layout.max_blocks_per_sequence, static_cast<int>(chunk.block_table.size()));
   }
 
-  std::vector<int32_t> token_ids, token_seq, token_pos, cache_rows;
+  std::vector<int32_t> token_ids, token_seq, token_pos, cache_rows, seq_new_tokens;
+  layout.seq_token_begin.push_back(0);
   std::vector<int32_t> block_tables(static_cast<size_t>(layout.num_sequences) * layout.max_blocks_per_sequence, 0);
   output->token_offsets.push_back(0);
   output->logit_row_offsets.push_back(0);
@@ -66,6 +67,9 @@ absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::ve
                            position % block_size);
     }
     output->token_offsets.push_back(static_cast<int>(token_ids.size()));
+    layout.seq_token_begin.push_back(static_cast<int32_t>(token_ids.size()));
+    layout.seq_cached.push_back(chunk.num_cached);
+    seq_new_tokens.push_back(num_new);
     output->logit_row_offsets.push_back(static_cast<int>(logit_rows->size()));
   }
   layout.num_tokens = static_cast<int>(token_ids.size());
@@ -81,6 +85,7 @@ absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::ve
   MF_RETURN_IF_ERROR(upload(token_pos, {num_tokens}, layout.token_pos));
   MF_RETURN_IF_ERROR(upload(cache_rows, {num_tokens}, layout.cache_rows));
   MF_RETURN_IF_ERROR(upload(block_tables, {layout.num_sequences, layout.max_blocks_per_sequence}, layout.block_tables));
+  MF_RETURN_IF_ERROR(upload(seq_new_tokens, {layout.num_sequences}, layout.seq_new_tokens));
   return layout;
 }
 

@@ -71,6 +71,11 @@ std::vector<std::pair<float, int32_t>> Candidates(const std::vector<float>& logi
 
 }  // namespace
 
+bool PicksArgmax(const SamplingParams& params) {
+  return params.greedy() && params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f &&
+         params.frequency_penalty == 0.0f;
+}
+
 void TokenHistory::Add(int32_t token, bool is_output) {
   if (token < 0) return;
   if (static_cast<size_t>(token) >= seen.size()) seen.resize(static_cast<size_t>(token) + 1, false);

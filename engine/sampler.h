@@ -44,6 +44,10 @@ struct SampleResult {
 SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history,
                     std::mt19937_64& rng);
 
+// Whether Sample's token is the raw logits' argmax (lowest id among ties): greedy with no
+// penalty changing the logits. Such requests need only the argmax from the model.
+bool PicksArgmax(const SamplingParams& params);
+
 // Model log-probabilities: log-softmax of raw logits, the chosen token's and the top n.
 void FillLogprobs(const std::vector<float>& raw_logits, int num_top, SampleResult* result);
 

@@ -16,6 +16,11 @@ constexpr int kSplitGranularity = 16;
 // Once the stick used up exceeds this, every older weight is below fp32's smallest denormal.
 constexpr float kNegligibleLogMass = 104.0f;
 
+// Whether the kernels leave this sequence to the tensor-core prompt path.
+__device__ bool SkipsSequence(const AttentionArgs& args, int seq) {
+  return args.seq_new_tokens != nullptr && args.seq_new_tokens[seq] >= args.skip_min_new_tokens;
+}
+
 __device__ float Softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
 __device__ float ToFloat(__nv_bfloat16 value) { return __bfloat162float(value); }
@@ -59,6 +64,7 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
   const int token = args.slot_tokens[slot];
   const int seq = args.token_seq[token];
   const int position = args.token_pos[token];
+  if (SkipsSequence(args, seq)) return;
   const int32_t* block_table = args.block_tables + static_cast<int64_t>(seq) * args.max_blocks;
   const float scale = rsqrtf(static_cast<float>(args.head_dim));
   for (int c = threadIdx.x; c < args.head_dim; c += kThreads) {
@@ -134,6 +140,7 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
 __global__ void CombineSplitsKernel(AttentionArgs args) {
   const int slot = blockIdx.x / args.num_heads;
   const int head = blockIdx.x % args.num_heads;
+  if (SkipsSequence(args, args.token_seq[args.slot_tokens[slot]])) return;
   const float* partial = args.partial_out + static_cast<int64_t>(blockIdx.x) * args.num_splits * args.head_dim;
   const float* mass = args.partial_mass + static_cast<int64_t>(blockIdx.x) * args.num_splits;
   float* out = args.out + static_cast<int64_t>(slot) * args.num_heads * args.head_dim + head * args.head_dim;

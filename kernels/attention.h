@@ -29,6 +29,10 @@ struct AttentionArgs {
   int num_splits = 1;
   float* partial_out = nullptr;   // [slots * heads, num_splits, head_dim]
   float* partial_mass = nullptr;  // [slots * heads, num_splits]
+  // When set, slots of sequences adding at least skip_min_new_tokens tokens are left
+  // alone (the tensor-core prompt path computes them).
+  const int32_t* seq_new_tokens = nullptr;  // [sequences]
+  int skip_min_new_tokens = 0;
 };
 
 // How many blocks to split each (slot, head)'s keys over: enough to fill the GPU

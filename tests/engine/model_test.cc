@@ -69,6 +69,39 @@ TEST(ModelTest, BatchCompositionDoesNotChangeLogits) {
   for (const auto& table : tables) model->kv_cache().allocator().Release(table);
 }
 
+// Chunks that do not ask for full logits get only their rows' argmax; the full rows of
+// the others come back compacted, in row order.
+TEST(ModelTest, ArgmaxOnlyRowsSkipTheirLogits) {
+  auto model = testing::LoadReferenceModel("molm-tiny");
+  const std::vector<std::vector<int32_t>> prompts = {{7, 8}, {1, 2, 3, 4}, {300, 200, 100}, {42}};
+  const std::vector<bool> full = {false, true, false, true};
+  std::vector<std::vector<int32_t>> tables;
+  ForwardBatch batch;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    tables.push_back(*model->kv_cache().allocator().Allocate(model->kv_cache().BlocksFor(prompts[i].size())));
+    batch.sequences.push_back({prompts[i], 0, tables[i], /*all_logits=*/i == 1, full[i]});
+  }
+  auto output = model->Forward(batch);
+  ASSERT_TRUE(output.ok()) << output.status();
+  const int64_t vocab = output->vocab_size;
+  ASSERT_EQ(output->logits.size(), static_cast<size_t>(5 * vocab));  // 4 rows of prompt 1, 1 of prompt 3
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::vector<float> alone = testing::PromptLogits(*model, prompts[i]);
+    for (int row = output->logit_row_offsets[i]; row < output->logit_row_offsets[i + 1]; ++row) {
+      const int64_t position = i == 1 ? row - output->logit_row_offsets[i] : static_cast<int64_t>(prompts[i].size()) - 1;
+      const float* expected = alone.data() + position * vocab;
+      EXPECT_EQ(output->argmax[static_cast<size_t>(row)], ArgMax(expected, vocab)) << "prompt " << i << " row " << row;
+      ASSERT_EQ(output->has_full_logits(row), full[i]);
+      if (full[i]) {
+        EXPECT_LE(MaxAbsDiff(std::vector<float>(output->logits_row(row), output->logits_row(row) + vocab),
+                             std::vector<float>(expected, expected + vocab)),
+                  1e-4);
+      }
+    }
+  }
+  for (const auto& table : tables) model->kv_cache().allocator().Release(table);
+}
+
 TEST(ModelTest, RejectsBadBatchesNamingTheProblem) {
   auto model = testing::LoadReferenceModel("molm-tiny", /*num_blocks=*/4, /*block_size=*/4);
   const std::vector<int32_t> table = {0, 1};

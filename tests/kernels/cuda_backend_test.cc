@@ -89,6 +89,27 @@ TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
   }
 }
 
+TEST_F(CudaBackendTest, ArgmaxRowsPicksTheLowestIdAmongTies) {
+  const int rows = 5, vocab = 50295;
+  std::vector<float> logits = RandomBf16Values(static_cast<size_t>(rows) * vocab, rng_);
+  for (int c : {777, 40000, 123}) logits[static_cast<size_t>(vocab) + c] = 9.0f;  // row 1: a three-way tie
+  std::fill(logits.begin() + 2 * vocab, logits.begin() + 3 * vocab, -INFINITY);  // row 2: nothing finite
+  logits[static_cast<size_t>(4) * vocab + vocab - 1] = 50.0f;                       // row 4: the last id
+  std::vector<std::vector<int32_t>> results;
+  for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get())}) {
+    Tensor tokens = *backend->Allocate(DType::kI32, {rows});
+    backend->ArgmaxRows(OnBoth(*backend, {rows, vocab}, logits), tokens);
+    std::vector<int32_t> host(rows);
+    backend->CopyToHost(tokens, host.data());
+    results.push_back(host);
+  }
+  ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
+  EXPECT_EQ(results[1], results[0]);
+  EXPECT_EQ(results[1][1], 123);
+  EXPECT_EQ(results[1][2], 0);
+  EXPECT_EQ(results[1][4], vocab - 1);
+}
+
 // Up to 32 tokens (64 slots) take the split-reduction GEMV kernel; more, the grouped
 // tensor-core kernel, whose tile height follows the mean segment (40, 100, 200 and 300
 // tokens give 16, 32, 64 and 128 rows). The width (72) leaves partial tiles in k and n.
@@ -142,14 +163,20 @@ struct AttentionCase {
   std::vector<int> lengths;
   int heads, head_dim;
   bool identity;
-  bool decode_only = false;  // one query per sequence (its newest token): the split-history path
+  // Tokens each sequence adds in the step (the rest of its length is already cached);
+  // 0: all of them (a prompt). 1 is a decode step (the split-history path).
+  int new_tokens = 0;
 };
 
 class CudaAttentionTest : public CudaBackendTest, public ::testing::WithParamInterface<AttentionCase> {};
 
+// Every sequence's K/V rows are written to a paged cache; then one step attends from its
+// new tokens, each with two query slots in a shuffled (expert-grouped) order. In bf16 mode
+// sequences adding 16 or more tokens take the tensor-core prompt path, the rest (and all
+// of exact mode) the paged kernel.
 TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
   const AttentionCase param = GetParam();
-  const int block_size = 16, att_hidden = param.heads * param.head_dim;
+  const int block_size = 16, top_k = 2, att_hidden = param.heads * param.head_dim;
   const int row_width = param.identity ? att_hidden : 2 * att_hidden;
   const int num_seqs = static_cast<int>(param.lengths.size());
   int max_blocks = 0, total = 0;
@@ -160,18 +187,29 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
   std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks));
   std::iota(tables.begin(), tables.end(), 0);
   std::shuffle(tables.begin(), tables.end(), rng_);
-  // Tokens: every position of each sequence (all written to the cache); queries: all of
-  // them (prefill) or each sequence's newest (decode).
-  std::vector<int32_t> token_seq, token_pos, cache_rows, slot_tokens;
+  std::vector<int32_t> all_rows, token_seq, token_pos, seq_new, seq_begin{0}, seq_cached;
   for (int s = 0; s < num_seqs; ++s) {
-    for (int p = 0; p < param.lengths[s]; ++p) {
-      if (!param.decode_only || p == param.lengths[s] - 1) slot_tokens.push_back(static_cast<int32_t>(token_seq.size()));
+    const int length = param.lengths[s];
+    const int num_new = param.new_tokens == 0 ? length : std::min(param.new_tokens, length);
+    for (int p = 0; p < length; ++p) {
+      all_rows.push_back(tables[s * max_blocks + p / block_size] * block_size + p % block_size);
+      if (p < length - num_new) continue;
       token_seq.push_back(s);
       token_pos.push_back(p);
-      cache_rows.push_back(tables[s * max_blocks + p / block_size] * block_size + p % block_size);
     }
+    seq_new.push_back(num_new);
+    seq_cached.push_back(length - num_new);
+    seq_begin.push_back(static_cast<int32_t>(token_seq.size()));
   }
-  const int num_slots = static_cast<int>(slot_tokens.size());
+  const int num_tokens = static_cast<int>(token_seq.size()), num_slots = num_tokens * top_k;
+  std::vector<int32_t> slot_pairs(static_cast<size_t>(num_slots));  // slot -> token * top_k + rank
+  std::iota(slot_pairs.begin(), slot_pairs.end(), 0);
+  std::shuffle(slot_pairs.begin(), slot_pairs.end(), rng_);
+  std::vector<int32_t> slot_tokens(static_cast<size_t>(num_slots)), token_slots(static_cast<size_t>(num_slots));
+  for (int slot = 0; slot < num_slots; ++slot) {
+    slot_tokens[static_cast<size_t>(slot)] = slot_pairs[static_cast<size_t>(slot)] / top_k;
+    token_slots[static_cast<size_t>(slot_pairs[static_cast<size_t>(slot)])] = slot;
+  }
   const std::vector<float> rows = RandomBf16Values(static_cast<size_t>(total) * row_width, rng_, 0.5f);
   const std::vector<float> queries = RandomBf16Values(static_cast<size_t>(num_slots) * att_hidden, rng_, 0.5f);
   std::vector<std::vector<float>> results;
@@ -181,21 +219,28 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
   ASSERT_EQ(cuda_->kv_cache_dtype(), DType::kF32);
   for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get()),
                            static_cast<Backend*>(bf16_backend->get())}) {
+    Tensor cache = *backend->Allocate(backend->kv_cache_dtype(), {static_cast<int64_t>(tables.size()) * block_size, row_width});
+    StepLayout writes;  // the whole history, written as earlier steps would have
+    writes.num_tokens = total;
+    writes.cache_rows = Ints(*backend, {total}, all_rows);
+    backend->WriteKv(OnBoth(*backend, {total, row_width}, rows), nullptr, writes, cache);
+
     StepLayout layout;
-    layout.num_tokens = total;
+    layout.num_tokens = num_tokens;
     layout.num_sequences = num_seqs;
     layout.block_size = block_size;
     layout.max_blocks_per_sequence = max_blocks;
-    layout.token_seq = Ints(*backend, {total}, token_seq);
-    layout.token_pos = Ints(*backend, {total}, token_pos);
-    layout.cache_rows = Ints(*backend, {total}, cache_rows);
+    layout.token_seq = Ints(*backend, {num_tokens}, token_seq);
+    layout.token_pos = Ints(*backend, {num_tokens}, token_pos);
     layout.block_tables = Ints(*backend, {num_seqs, max_blocks}, tables);
+    layout.seq_new_tokens = Ints(*backend, {num_seqs}, seq_new);
+    layout.seq_token_begin = seq_begin;
+    layout.seq_cached = seq_cached;
     RoutingPlan plan;
-    plan.num_tokens = num_slots;
-    plan.top_k = 1;
+    plan.num_tokens = num_tokens;
+    plan.top_k = top_k;
     plan.slot_tokens = Ints(*backend, {num_slots}, slot_tokens);
-    Tensor cache = *backend->Allocate(backend->kv_cache_dtype(), {static_cast<int64_t>(tables.size()) * block_size, row_width});
-    backend->WriteKv(OnBoth(*backend, {total, row_width}, rows), nullptr, layout, cache);
+    plan.token_slots = Ints(*backend, {num_tokens, top_k}, token_slots);
     Tensor out = *backend->Allocate(DType::kF32, {num_slots, att_hidden});
     backend->StickBreakingAttention(OnBoth(*backend, {num_slots, att_hidden}, queries), plan, layout, cache,
                                     AttentionShape{param.heads, param.head_dim, param.identity}, out);
@@ -203,7 +248,8 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
   }
   ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
   ASSERT_TRUE((*bf16_backend)->status().ok()) << (*bf16_backend)->status();
-  // The K/V values are bf16-representable, so both cache types hold them exactly.
+  // The K/V values and queries are bf16-representable, so both cache types and the bf16
+  // GEMM operands hold them exactly; the prompt path's weights keep fp32 accuracy as two halves.
   EXPECT_LT(MaxError(results[1], results[0]), 1e-4);
   EXPECT_LT(MaxError(results[2], results[0]), 1e-4);
 }
@@ -211,9 +257,11 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                          ::testing::Values(AttentionCase{{1}, 1, 64, true}, AttentionCase{{1, 7, 100, 513}, 4, 16, false},
                                            AttentionCase{{1500, 33}, 1, 1024, true},
+                                           // 4096 prompt tokens x 2 slots x 2 heads: logits cut into query chunks
                                            AttentionCase{{4096, 1, 700}, 2, 32, false},
-                                           AttentionCase{{4096, 1000, 3, 130}, 1, 1024, true, true},
-                                           AttentionCase{{2000, 129}, 4, 64, false, true}));
+                                           AttentionCase{{700, 300, 17}, 1, 128, true, 200},  // prompt chunks after a history
+                                           AttentionCase{{4096, 1000, 3, 130}, 1, 1024, true, 1},
+                                           AttentionCase{{2000, 129}, 4, 64, false, 1}));
 
 }  // namespace
 }  // namespace mf
