@@ -39,6 +39,9 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
   kernels::AttentionArgs args;
   args.queries = Ptr<float>(queries);
   args.slot_tokens = Ptr<int32_t>(plan.slot_tokens);
+  args.token_slots = Ptr<int32_t>(plan.token_slots);
+  args.num_tokens = plan.num_tokens;
+  args.top_k = plan.top_k;
   args.token_seq = Ptr<int32_t>(layout.token_seq);
   args.token_pos = Ptr<int32_t>(layout.token_pos);
   args.block_tables = Ptr<int32_t>(layout.block_tables);
@@ -55,7 +58,7 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
     args.seq_new_tokens = Ptr<int32_t>(layout.seq_new_tokens);
     args.skip_min_new_tokens = kMinGemmTokens;
   }
-  args.num_splits = kernels::AttentionSplits(args.num_slots, args.num_heads, args.head_dim,
+  args.num_splits = kernels::AttentionSplits(args.num_tokens, args.top_k, args.num_heads, args.head_dim,
                                              layout.max_blocks_per_sequence * layout.block_size);
   Tensor partial_out, partial_mass;
   if (args.num_splits > 1) {

@@ -1,5 +1,6 @@
 #include "engine/cuda_backend.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,18 @@ namespace {
 // kernel (enough blocks to keep every multiprocessor reading weights); beyond, in the
 // grouped tensor-core kernel. Both read the expert segments on the device.
 constexpr int64_t kMaxGemvSlots = 64;
+// From this many slots (prompt-sized batches) each expert's segment is a cuBLAS GEMM:
+// its kernels beat the grouped one on large tiles, and one small download of the segment
+// bounds per product costs little next to the product. MF_CUDA_CUBLAS_EXPERT_SLOTS overrides.
+constexpr int64_t kDefaultMinCublasSlots = 4096;
+
+int64_t MinCublasSlots() {
+  static const int64_t slots = [] {
+    const char* value = std::getenv("MF_CUDA_CUBLAS_EXPERT_SLOTS");
+    return value != nullptr ? std::atoll(value) : kDefaultMinCublasSlots;
+  }();
+  return slots;
+}
 
 using cuda::Int;
 using cuda::Ptr;
@@ -206,7 +219,7 @@ void CudaBackend::LayerNorm(const Tensor& x, const Tensor& weight, const Tensor&
 }
 
 void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& out) {
-  CudaOpTimer::Scope scope(*timer_, "linear");
+  CudaOpTimer::Scope scope(*timer_, weight.dtype == DType::kF32 ? "router_linear" : "linear");
   const int rows = Int(x.rows()), in = Int(x.cols()), out_features = Int(weight.rows());
   if (rows == 0) return;
   const float one = 1.0f, zero = 0.0f;
@@ -308,12 +321,52 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   }
   Tensor input = ToGemmInput(x, gather, Int(slots), in);
   if (input.empty()) return;
+  if (slots >= MinCublasSlots()) {
+    Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
+    if (halves.empty()) return;
+    ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
+    if (num_halves() == 2) {
+      Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
+    }
+    if (activation == ExpertActivation::kGeluNew) {
+      Check(kernels::GeluNew(Ptr<float>(out), out.num_elements(), stream_), "gelu_new");
+    }
+    return;
+  }
   const auto epilogue =
       activation == ExpertActivation::kGeluNew ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
   Check(kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
                            Ptr<int32_t>(plan.expert_offsets), plan.num_experts, Ptr<__nv_bfloat16>(experts),
                            out_features, epilogue, Ptr<float>(out), stream_),
         "expert mma");
+}
+
+void CudaBackend::ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k,
+                                    const void* weight, int n, float* out, int64_t half_stride_out) {
+  const float one = 1.0f, zero = 0.0f;
+  // Row-major out[rows, n] = in[rows, k] · W[k, n] is column-major outᵀ = Wᵀ · inᵀ, both read as stored;
+  // the halves are a batch sharing W.
+  Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, weight, CUDA_R_16BF, n, 0,
+                                   input, CUDA_R_16BF, k, half_stride_in, &zero, out, CUDA_R_32F, n, half_stride_out,
+                                   num_halves(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "expert gemm");
+}
+
+void CudaBackend::ExpertGemmCublas(const Tensor& input, const RoutingPlan& plan, const Tensor& experts, int slots, int in,
+                                   int out_features, Tensor& halves) {
+  // Segment sizes decide the GEMM shapes, so they come to the host (one small copy per mixture).
+  std::vector<int32_t> offsets(static_cast<size_t>(plan.num_experts) + 1);
+  CopyToHost(plan.expert_offsets, offsets.data());
+  const size_t expert_bytes = static_cast<size_t>(in) * out_features * sizeof(uint16_t);
+  for (int expert = 0; expert < plan.num_experts; ++expert) {
+    const int begin = offsets[static_cast<size_t>(expert)], count = offsets[static_cast<size_t>(expert) + 1] - begin;
+    if (count == 0) continue;
+    ExpertSegmentGemm(Ptr<__nv_bfloat16>(input) + static_cast<int64_t>(begin) * in, static_cast<int64_t>(slots) * in,
+                      count, in,
+                      static_cast<const char*>(experts.data) + expert * expert_bytes, out_features,
+                      Ptr<float>(halves) + static_cast<int64_t>(begin) * out_features,
+                      static_cast<int64_t>(slots) * out_features);
+  }
 }
 
 void CudaBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) {

@@ -69,6 +69,12 @@ class CudaBackend : public Backend {
   // Activations as bf16 GEMM input: [rows, k], or [2, rows, k] (value, remainder) when exact.
   Tensor ToGemmInput(const Tensor& x, const int32_t* gather_rows, int rows, int k);
   int num_halves() const { return precision_ == CudaPrecision::kExact ? 2 : 1; }
+  // out[h][rows, n] = in[h][rows, k] · W for each half h, one cuBLAS GEMM per expert segment
+  // (the segment bounds come to the host first). W row-major [k, n] bf16 (expert layout).
+  void ExpertGemmCublas(const Tensor& input, const RoutingPlan& plan, const Tensor& experts, int slots, int in,
+                        int out_features, Tensor& halves);
+  void ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k, const void* weight,
+                         int n, float* out, int64_t half_stride_out);
 
   // Prompt chunks' attention on tensor cores (engine/cuda_attention.cc).
   struct PromptPiece {

@@ -6,10 +6,9 @@
 namespace mf::kernels {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 128;                    // keys per pass; their logits live in shared memory
-constexpr int kKeysPerThread = kChunk / kThreads;
+constexpr int kChunk = kThreads;  // keys per pass (one per thread in the scans); logits live in shared memory
 // Histories split across blocks in multiples of this many keys: short splits give small
 // decode batches enough blocks to keep the GPU busy.
 constexpr int kSplitGranularity = 16;
@@ -23,8 +22,6 @@ __device__ bool SkipsSequence(const AttentionArgs& args, int seq) {
 
 __device__ float Softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
-__device__ float ToFloat(__nv_bfloat16 value) { return __bfloat162float(value); }
-__device__ float ToFloat(float value) { return value; }
 template <typename CacheT>
 __device__ CacheT FromFloat(float value);
 template <>
@@ -44,95 +41,148 @@ __global__ void WriteKvKernel(const float* __restrict__ key, const float* __rest
   }
 }
 
-// One block per (slot, head). Each chunk: logits by warps (lanes split the head
-// dimension), a block scan of softplus terms in newest-first order for the
-// log-space stick, then the weighted sum of values with threads over dimensions.
+constexpr int kDimsPerLoad = 8;  // one 16-byte load of bf16 (two of fp32)
+
 template <typename CacheT>
+__device__ void LoadDims(const CacheT* source, float (&values)[kDimsPerLoad]);
+template <>
+__device__ void LoadDims<__nv_bfloat16>(const __nv_bfloat16* source, float (&values)[kDimsPerLoad]) {
+  const uint4 packed = *reinterpret_cast<const uint4*>(source);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&packed);
+  for (int i = 0; i < kDimsPerLoad / 2; ++i) {
+    const float2 pair = __bfloat1622float2(pairs[i]);
+    values[2 * i] = pair.x;
+    values[2 * i + 1] = pair.y;
+  }
+}
+template <>
+__device__ void LoadDims<float>(const float* source, float (&values)[kDimsPerLoad]) {
+  const float4 first = *reinterpret_cast<const float4*>(source), second = *reinterpret_cast<const float4*>(source + 4);
+  values[0] = first.x, values[1] = first.y, values[2] = first.z, values[3] = first.w;
+  values[4] = second.x, values[5] = second.y, values[6] = second.z, values[7] = second.w;
+}
+
+// One block per (token, head, split), for all top_k query slots of the token at once, so
+// each cached key/value row is read once for all of them. Each chunk of keys: logits by
+// warps (a key per warp, 16-byte loads across the head dimension), a block scan of
+// softplus terms per slot in newest-first order for the log-space stick, then the
+// weighted sum of values, threads owning 8 dimensions each and splitting the keys.
+template <typename CacheT, int kMaxTopK>
 __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs args) {
   const CacheT* cache = static_cast<const CacheT*>(args.cache);
   using BlockScan = cub::BlockScan<float, kThreads>;
   __shared__ typename BlockScan::TempStorage scan_storage;
-  __shared__ float logits[kChunk];
-  __shared__ float weights[kChunk];
-  __shared__ float chunk_mass;
-  extern __shared__ float query[];  // head_dim
+  __shared__ float logits[kMaxTopK][kChunk];  // then the weights
+  extern __shared__ float shared[];  // queries [top_k][head_dim], then [kThreads][8] for the final sums
+  float* query = shared;
 
   const int split = blockIdx.y;
-  const int slot = blockIdx.x / args.num_heads;
+  const int token = blockIdx.x / args.num_heads;
   const int head = blockIdx.x % args.num_heads;
+  const int top_k = args.top_k;
   const int att_hidden = args.num_heads * args.head_dim;
-  const int token = args.slot_tokens[slot];
   const int seq = args.token_seq[token];
   const int position = args.token_pos[token];
   if (SkipsSequence(args, seq)) return;
   const int32_t* block_table = args.block_tables + static_cast<int64_t>(seq) * args.max_blocks;
   const float scale = rsqrtf(static_cast<float>(args.head_dim));
-  for (int c = threadIdx.x; c < args.head_dim; c += kThreads) {
-    query[c] = args.queries[static_cast<int64_t>(slot) * att_hidden + head * args.head_dim + c] * scale;
+  for (int i = threadIdx.x; i < top_k * args.head_dim; i += kThreads) {
+    const int rank = i / args.head_dim, c = i % args.head_dim;
+    const int slot = args.token_slots[token * top_k + rank];
+    query[i] = args.queries[static_cast<int64_t>(slot) * att_hidden + head * args.head_dim + c] * scale;
   }
   __syncthreads();
 
-  // Each thread owns output dimensions threadIdx.x, +kThreads, ... (up to 8 x 128 = 1024).
-  constexpr int kMaxDimsPerThread = 8;
-  float accumulator[kMaxDimsPerThread] = {};
-  float log_remaining = 0;  // -Σ softplus(l_m) over this split's keys already passed
+  // Values: thread t owns dimensions [8 * (t % groups), +8) and every key_lanes-th key.
+  const int groups = args.head_dim / kDimsPerLoad, key_lanes = kThreads / groups;
+  const int group = threadIdx.x % groups, key_lane = threadIdx.x / groups;
+  float accumulator[kMaxTopK][kDimsPerLoad] = {};
+  float log_remaining[kMaxTopK] = {};  // per slot: -Σ softplus(l_m) over this split's keys already passed
   // Split s takes keys_per_split keys counted back from the newest, in chunks of kChunk.
   const int keys = position + 1;
   const int per_split_rough = (keys + args.num_splits - 1) / args.num_splits;
   const int keys_per_split = (per_split_rough + kSplitGranularity - 1) / kSplitGranularity * kSplitGranularity;
   const int first_newest = position - split * keys_per_split;
   const int oldest = max(first_newest - keys_per_split + 1, 0);
-  for (int newest = first_newest; newest >= oldest && -log_remaining < kNegligibleLogMass; newest -= kChunk) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int newest = first_newest; newest >= oldest; newest -= kChunk) {
+    bool spent = true;
+#pragma unroll
+    for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) spent = spent && -log_remaining[rank] >= kNegligibleLogMass;
+    if (spent) break;
     const int count = min(kChunk, newest - oldest + 1);
-    // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j)
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j), every slot
     for (int r = warp; r < count; r += kWarps) {
       const int j = newest - r;
       const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
       const CacheT* key = cache + row * args.row_width + head * args.head_dim;
-      float dot = 0;
-      for (int c = lane; c < args.head_dim; c += 32) dot += query[c] * ToFloat(key[c]);
-      for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-      if (lane == 0) logits[r] = dot;
-    }
-    __syncthreads();
-    // 2. exclusive scan of softplus(l) in newest-first order: the stick used by newer keys
-    float terms[kKeysPerThread];
-    for (int i = 0; i < kKeysPerThread; ++i) {
-      const int r = threadIdx.x * kKeysPerThread + i;
-      terms[i] = r < count ? Softplus(logits[r]) : 0.0f;
-    }
-    float total;
-    BlockScan(scan_storage).ExclusiveSum(terms, terms, total);
-    for (int i = 0; i < kKeysPerThread; ++i) {
-      const int r = threadIdx.x * kKeysPerThread + i;
-      if (r < count) weights[r] = expf(log_remaining - terms[i] - Softplus(-logits[r]));
-    }
-    if (threadIdx.x == 0) chunk_mass = total;
-    __syncthreads();
-    // 3. o += Σ_r weights[r] · v_{newest - r}
-    for (int r = 0; r < count; ++r) {
-      const int j = newest - r;
-      const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
-      const CacheT* value = cache + row * args.row_width + args.value_offset + head * args.head_dim;
-      const float weight = weights[r];
-      for (int i = 0; i < kMaxDimsPerThread; ++i) {
-        const int c = threadIdx.x + i * kThreads;
-        if (c < args.head_dim) accumulator[i] += weight * ToFloat(value[c]);
+      float dots[kMaxTopK] = {};
+      for (int c = lane * kDimsPerLoad; c < args.head_dim; c += 32 * kDimsPerLoad) {
+        float k_values[kDimsPerLoad];
+        LoadDims(key + c, k_values);
+#pragma unroll
+        for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+          for (int e = 0; e < kDimsPerLoad; ++e) dots[rank] += query[rank * args.head_dim + c + e] * k_values[e];
+        }
+      }
+#pragma unroll
+      for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+        for (int offset = 16; offset > 0; offset /= 2) dots[rank] += __shfl_xor_sync(0xffffffffu, dots[rank], offset);
+        if (lane == 0) logits[rank][r] = dots[rank];
       }
     }
-    log_remaining -= chunk_mass;
+    __syncthreads();
+    // 2. per slot, an exclusive scan of softplus(l) in newest-first order: the stick used by newer keys
+#pragma unroll
+    for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+      const int r = threadIdx.x;
+      const float logit = r < count ? logits[rank][r] : 0.0f;
+      float term = r < count ? Softplus(logit) : 0.0f, total;
+      BlockScan(scan_storage).ExclusiveSum(term, term, total);
+      if (r < count) logits[rank][r] = expf(log_remaining[rank] - term - Softplus(-logit));
+      log_remaining[rank] -= total;  // every thread keeps the same running sum
+      __syncthreads();  // scan_storage is reused by the next slot
+    }
+    // 3. o[rank] += Σ_r weight[rank][r] · v_{newest - r}
+    if (key_lane < key_lanes) {
+      for (int r = key_lane; r < count; r += key_lanes) {
+        const int j = newest - r;
+        const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
+        float v_values[kDimsPerLoad];
+        LoadDims(cache + row * args.row_width + args.value_offset + head * args.head_dim + group * kDimsPerLoad, v_values);
+#pragma unroll
+        for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+          const float weight = logits[rank][r];
+          for (int e = 0; e < kDimsPerLoad; ++e) accumulator[rank][e] += weight * v_values[e];
+        }
+      }
+    }
     __syncthreads();  // logits/weights are rewritten by the next chunk
   }
-  float* destination = args.num_splits == 1
-                           ? args.out + static_cast<int64_t>(slot) * att_hidden + head * args.head_dim
-                           : args.partial_out + (static_cast<int64_t>(blockIdx.x) * args.num_splits + split) * args.head_dim;
-  for (int i = 0; i < kMaxDimsPerThread; ++i) {
-    const int c = threadIdx.x + i * kThreads;
-    if (c < args.head_dim) destination[c] = accumulator[i];
-  }
-  if (args.num_splits > 1 && threadIdx.x == 0) {
-    args.partial_mass[static_cast<int64_t>(blockIdx.x) * args.num_splits + split] = -log_remaining;
+  // Sum the key lanes' partial outputs, one slot at a time, through shared memory.
+  float* partial = shared + top_k * args.head_dim;
+#pragma unroll
+  for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+    for (int e = 0; e < kDimsPerLoad; ++e) partial[threadIdx.x * kDimsPerLoad + e] = accumulator[rank][e];
+    __syncthreads();
+    const int slot = args.token_slots[token * top_k + rank];
+    float* destination = args.num_splits == 1
+                             ? args.out + static_cast<int64_t>(slot) * att_hidden + head * args.head_dim
+                             : args.partial_out +
+                                   ((static_cast<int64_t>(slot) * args.num_heads + head) * args.num_splits + split) *
+                                       args.head_dim;
+    for (int c = threadIdx.x; c < args.head_dim; c += kThreads) {
+      float sum = 0;
+      for (int lane_index = 0; lane_index < key_lanes; ++lane_index) {
+        sum += partial[(lane_index * groups + c / kDimsPerLoad) * kDimsPerLoad + c % kDimsPerLoad];
+      }
+      destination[c] = sum;
+    }
+    if (args.num_splits > 1 && threadIdx.x == 0) {
+      args.partial_mass[(static_cast<int64_t>(slot) * args.num_heads + head) * args.num_splits + split] =
+          -log_remaining[rank];
+    }
+    __syncthreads();  // `partial` is rewritten for the next slot
   }
 }
 
@@ -165,25 +215,36 @@ cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_r
   return cudaGetLastError();
 }
 
-int AttentionSplits(int num_slots, int num_heads, int head_dim, int max_context) {
-  constexpr int kTargetBlocks = 2 * 132;              // two waves of an H100's multiprocessors
-  constexpr int64_t kMaxPartialFloats = 16 << 20;     // 64 MB of partial outputs at most
-  const int64_t blocks = static_cast<int64_t>(num_slots) * num_heads;
+int AttentionSplits(int num_tokens, int top_k, int num_heads, int head_dim, int max_context) {
+  constexpr int kTargetBlocks = 4 * 132;           // four blocks per multiprocessor of an H100
+  constexpr int64_t kMaxPartialFloats = 16 << 20;  // 64 MB of partial outputs at most
+  const int64_t blocks = static_cast<int64_t>(num_tokens) * num_heads;
   if (blocks == 0) return 1;
   const int64_t chunks = (max_context + kSplitGranularity - 1) / kSplitGranularity;
   const int64_t wanted = (kTargetBlocks + blocks - 1) / blocks;
-  const int64_t affordable = kMaxPartialFloats / (blocks * head_dim);
+  const int64_t affordable = kMaxPartialFloats / (blocks * top_k * head_dim);
   return static_cast<int>(std::max<int64_t>(1, std::min({chunks, wanted, affordable})));
 }
 
 template <typename CacheT>
 cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t stream) {
-  if (args.head_dim > 8 * kThreads) return cudaErrorInvalidValue;
+  // 16-byte rows of the head dimension, at most one group of 8 per thread; up to 8 slots per token.
+  if (args.head_dim % kDimsPerLoad != 0 || args.head_dim > kDimsPerLoad * kThreads) return cudaErrorInvalidValue;
+  if (args.top_k < 1 || args.top_k > 8 || args.num_slots != args.num_tokens * args.top_k) return cudaErrorInvalidValue;
   if (args.num_splits > 1 && (args.partial_out == nullptr || args.partial_mass == nullptr)) return cudaErrorInvalidValue;
-  const int blocks = args.num_slots * args.num_heads;
+  const int blocks = args.num_tokens * args.num_heads;
   if (blocks == 0) return cudaSuccess;
-  StickBreakingKernel<CacheT><<<dim3(blocks, args.num_splits), kThreads, args.head_dim * sizeof(float), stream>>>(args);
-  if (args.num_splits > 1) CombineSplitsKernel<<<blocks, kThreads, 0, stream>>>(args);
+  const size_t shared = (static_cast<size_t>(args.top_k) * args.head_dim + kThreads * kDimsPerLoad) * sizeof(float);
+  const dim3 grid(blocks, args.num_splits);
+  if (args.top_k <= 2) {
+    StickBreakingKernel<CacheT, 2><<<grid, kThreads, shared, stream>>>(args);
+  } else {
+    const cudaError_t configured = cudaFuncSetAttribute(
+        StickBreakingKernel<CacheT, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+    if (configured != cudaSuccess) return configured;
+    StickBreakingKernel<CacheT, 8><<<grid, kThreads, shared, stream>>>(args);
+  }
+  if (args.num_splits > 1) CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -17,11 +17,13 @@ cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_r
 struct AttentionArgs {
   const float* queries;         // [slots, heads * head_dim]
   const int32_t* slot_tokens;   // [slots]
+  const int32_t* token_slots;   // [tokens, top_k]: each token's query slots, which share its keys
   const int32_t* token_seq;     // [tokens]
   const int32_t* token_pos;     // [tokens]
   const int32_t* block_tables;  // [sequences, max_blocks]
   const void* cache;            // [blocks * block_size, row_width], bf16 or fp32
   float* out;                   // [slots, heads * head_dim]
+  int num_tokens, top_k;  // num_slots = num_tokens * top_k
   int num_slots, num_heads, head_dim, row_width, value_offset, block_size, max_blocks;
   // Long histories are split across blocks (see AttentionSplits); with more than one
   // split, each writes its partial output and stick mass here and a second kernel
@@ -35,9 +37,9 @@ struct AttentionArgs {
   int skip_min_new_tokens = 0;
 };
 
-// How many blocks to split each (slot, head)'s keys over: enough to fill the GPU
-// for small decode batches, bounded by the partial buffers' size.
-int AttentionSplits(int num_slots, int num_heads, int head_dim, int max_context);
+// How many blocks to split each (token, head)'s keys over: enough to fill the GPU
+// for small decode batches, bounded by the partial buffers' size (top_k slots each).
+int AttentionSplits(int num_tokens, int top_k, int num_heads, int head_dim, int max_context);
 
 // For each slot and head: o = Σ_{j<=i} exp(log σ(l_ij) - Σ_{j<m<=i} softplus(l_im)) v_j, computed
 // in log space over chunks of keys from the newest backwards, with fp32 accumulation.

@@ -136,15 +136,20 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int kk = 0; kk < kBlockK; kk += 16) {
       wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b[2];
+#pragma unroll
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &tiles.b[kk][warp * kWarpN + j * 16], kLdB);
+      // Fully unrolled (fragments stay in registers); rows past the segment are zeros, so
+      // their products are skipped.
 #pragma unroll
       for (int i = 0; i < kFragmentsM; ++i) {
-        if (i * 16 >= rows) break;  // rows past the segment are zeros: skip their products
+        if (i * 16 < rows) {
 #pragma unroll
-        for (int half = 0; half < kHalves; ++half) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fragment_a;
-          wmma::load_matrix_sync(fragment_a, &tiles.a[half][i * 16][kk], kLdA);
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(accumulators[i][j], fragment_a, b[j], accumulators[i][j]);
+          for (int half = 0; half < kHalves; ++half) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fragment_a;
+            wmma::load_matrix_sync(fragment_a, &tiles.a[half][i * 16][kk], kLdA);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::mma_sync(accumulators[i][j], fragment_a, b[j], accumulators[i][j]);
+          }
         }
       }
     }
@@ -153,7 +158,10 @@ __global__ void __launch_bounds__(kThreads)
 
   // Each warp moves its 16x16 fragments through shared memory to write bounded rows.
   float* staged = scratch + warp * 16 * 16;
-  for (int i = 0; i < kFragmentsM && i * 16 < rows; ++i) {
+#pragma unroll
+  for (int i = 0; i < kFragmentsM; ++i) {
+    if (i * 16 >= rows) continue;
+#pragma unroll
     for (int j = 0; j < 2; ++j) {
       wmma::store_matrix_sync(staged, accumulators[i][j], 16, wmma::mem_row_major);
       __syncwarp();
