@@ -1,13 +1,14 @@
 // The CUDA backend: fp32 activations and residual stream, bf16 matrices (experts,
-// embeddings, head) with fp32 accumulation in cuBLAS, and fp32 routers. Loaded by
+// embeddings, head) with fp32 accumulation, and fp32 router weights. Loaded by
 // the server at run time (libmf_cuda_backend.so), so processes that never ask for
 // CUDA do not load cuBLAS.
 //
 // Precision modes. kExact: activations enter bf16 GEMMs as two bf16 halves
 // (value and remainder, summed after), and the KV cache is fp32, so results track
 // the fp32 CPU reference to ~1e-5 and routing decisions agree. kBf16: activations
-// rounded to bf16 and a bf16 KV cache (half the cache memory and traffic); logits
-// move by ~1e-2 and close routing decisions may flip.
+// rounded to bf16, a bf16 KV cache (half the cache memory and traffic), TF32 routers
+// and tensor-core attention for prompt chunks; logits move by ~1e-2 and close routing
+// decisions may flip.
 #pragma once
 
 #include <cublas_v2.h>
