@@ -2,6 +2,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "kernels/attention.h"
+#include "kernels/stick_breaking.cuh"
 
 namespace mf::kernels {
 namespace {
@@ -12,15 +13,12 @@ constexpr int kChunk = kThreads;  // keys per pass (one per thread in the scans)
 // Histories split across blocks in multiples of this many keys: short splits give small
 // decode batches enough blocks to keep the GPU busy.
 constexpr int kSplitGranularity = 16;
-// Once the stick used up exceeds this, every older weight is below fp32's smallest denormal.
-constexpr float kNegligibleLogMass = 104.0f;
 
 // Whether the kernels leave this sequence to the tensor-core prompt path.
 __device__ bool SkipsSequence(const AttentionArgs& args, int seq) {
   return args.seq_new_tokens != nullptr && args.seq_new_tokens[seq] >= args.skip_min_new_tokens;
 }
 
-__device__ float Softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
 template <typename CacheT>
 __device__ CacheT FromFloat(float value);

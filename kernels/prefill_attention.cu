@@ -1,14 +1,12 @@
 #include "kernels/prefill_attention.h"
+#include "kernels/stick_breaking.cuh"
 
 namespace mf::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Once the stick used up exceeds this, every older weight is below fp32's smallest denormal.
-constexpr float kNegligibleLogMass = 104.0f;
 
-__device__ float Softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ float ToFloat(__nv_bfloat16 value) { return __bfloat162float(value); }
 __device__ float ToFloat(float value) { return value; }
 
