@@ -1,5 +1,7 @@
 #include "engine/model.h"
 
+#include <algorithm>
+
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
@@ -195,10 +197,14 @@ absl::StatusOr<RoutingPlan> Model::RouteMixture(const DeviceMixture& mixture, co
 
 absl::Status Model::ReadLogits(const ForwardBatch& batch, const Tensor& logits, ForwardOutput* output) {
   const int64_t num_rows = logits.rows();
-  MF_ASSIGN_OR_RETURN(Tensor argmax, backend_->Allocate(DType::kI32, {num_rows}));
-  backend_->ArgmaxRows(logits, argmax);
-  output->argmax.resize(static_cast<size_t>(num_rows));
-  backend_->CopyToHostDeferred(argmax, output->argmax.data());
+  const bool any_argmax_only = std::any_of(batch.sequences.begin(), batch.sequences.end(),
+                                           [](const SequenceChunk& chunk) { return !chunk.full_logits; });
+  if (any_argmax_only) {
+    MF_ASSIGN_OR_RETURN(Tensor argmax, backend_->Allocate(DType::kI32, {num_rows}));
+    backend_->ArgmaxRows(logits, argmax);
+    output->argmax.resize(static_cast<size_t>(num_rows));
+    backend_->CopyToHostDeferred(argmax, output->argmax.data());
+  }
   std::vector<int32_t> full_rows;
   output->full_row.assign(static_cast<size_t>(num_rows), -1);
   for (size_t s = 0; s < batch.sequences.size(); ++s) {

@@ -46,7 +46,7 @@ struct ForwardOutput {
   int64_t vocab_size = 0;
   std::vector<float> logits;            // [full rows, vocab]: the rows of chunks with full_logits
   std::vector<int> full_row;            // per row: its index in `logits`, or -1
-  std::vector<int32_t> argmax;          // per row: the most likely token (lowest id among ties)
+  std::vector<int32_t> argmax;          // per row, when some chunk is argmax-only: the most likely token
   std::vector<int> logit_row_offsets;   // sequence s owns rows [offsets[s], offsets[s+1])
   std::vector<int> token_offsets;       // sequence s owns batch tokens [offsets[s], offsets[s+1])
   std::vector<std::array<MixtureRouting, 2>> routing;  // per layer, indexed by Mixture; when recorded
