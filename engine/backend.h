@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "engine/tensor.h"
 #include "engine/weights.h"
@@ -57,6 +58,13 @@ struct AttentionShape {
 // An activation applied to an expert product's output (backends may fuse it).
 enum class ExpertActivation { kNone, kGeluNew };
 
+// Device work a backend recorded for replay (a CUDA graph, say); owned by the caller,
+// next to the buffers that work reads and writes.
+class RecordedWork {
+ public:
+  virtual ~RecordedWork() = default;
+};
+
 // What a weight is used for: backends may store each kind differently (the CUDA
 // backend keeps routers and vectors in fp32 so routing decisions stay exact, and
 // stores expert, embedding and head matrices in bf16).
@@ -92,7 +100,13 @@ class Backend {
   virtual void Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& out) = 0;
   virtual void GeluExact(Tensor& x) = 0;
   virtual void GeluNew(Tensor& x) = 0;
-  // Softmax + top-k of router logits [T, E], then the grouping of slots by expert.
+  // A mixture's gate: logits [T, E] = gelu_exact(x · w1ᵀ + b1) · w2ᵀ (w1 [G, D], w2 [E, G]).
+  // By default composed of Linear and GeluExact (engine/backend.cc).
+  virtual absl::Status RouterLogits(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                                    Tensor& logits);
+  // Softmax + top-k of router logits [T, E], then the grouping of slots by expert. When the
+  // caller sets plan.token_experts and plan.token_gates ([T, k] each; views into a step-wide
+  // record, say), the decisions go there; every other tensor of the plan is allocated here.
   virtual absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) = 0;
   // For each expert e, out[slot] = in_row(slot) · experts[e] over e's slots, where
   // in_row is x[slot_tokens[slot]] when gather_by_token, else x[slot]. experts: [E, in, out].
@@ -111,6 +125,16 @@ class Backend {
   virtual void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // tokens[r] = the index of row r's largest value (the lowest such index among ties).
   virtual void ArgmaxRows(const Tensor& logits, Tensor& tokens) = 0;
+
+  // Runs the device work `body` issues. A backend may record that work into `*record` the
+  // first time (when *record is null) and replay the record later without calling `body`
+  // (skipping the host side of every launch). The caller guarantees that the work depends on
+  // nothing but what it keyed `record` on and on device memory that outlives `record` at
+  // fixed addresses, and that `body` frees whatever it allocates. By default, runs `body`.
+  virtual absl::Status RunRecorded(std::unique_ptr<RecordedWork>* record, absl::FunctionRef<absl::Status()> body) {
+    (void)record;
+    return body();
+  }
 };
 
 // The exact CPU reference backend (fp32, OpenBLAS).

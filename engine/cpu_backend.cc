@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/routing.h"
+#include "engine/status_macros.h"
 
 namespace mf {
 namespace {
@@ -132,9 +133,14 @@ absl::Status CpuBackend::Route(const Tensor& router_logits, int top_k, RoutingPl
     return absl::OkStatus();
   };
   const int64_t slots = static_cast<int64_t>(num_tokens) * top_k;
-  for (absl::Status status : {fill(DType::kI32, {num_tokens, top_k}, token_experts.data(), plan.token_experts),
-                              fill(DType::kF32, {num_tokens, top_k}, token_gates.data(), plan.token_gates),
-                              fill(DType::kI32, {num_experts + 1}, grouping.expert_offsets.data(), plan.expert_offsets),
+  if (!plan.token_experts.empty() && !plan.token_gates.empty()) {  // the caller's record
+    CopyFromHost(token_experts.data(), plan.token_experts);
+    CopyFromHost(token_gates.data(), plan.token_gates);
+  } else {
+    MF_RETURN_IF_ERROR(fill(DType::kI32, {num_tokens, top_k}, token_experts.data(), plan.token_experts));
+    MF_RETURN_IF_ERROR(fill(DType::kF32, {num_tokens, top_k}, token_gates.data(), plan.token_gates));
+  }
+  for (absl::Status status : {fill(DType::kI32, {num_experts + 1}, grouping.expert_offsets.data(), plan.expert_offsets),
                               fill(DType::kI32, {slots}, grouping.slot_tokens.data(), plan.slot_tokens),
                               fill(DType::kI32, {num_tokens, top_k}, grouping.token_slots.data(), plan.token_slots)}) {
     if (!status.ok()) return status;

@@ -9,6 +9,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/expert_gemv.h"
 #include "kernels/expert_mma.h"
+#include "kernels/router_gemv.h"
 #include "kernels/routing.h"
 #include "kernels/sampling.h"
 
@@ -23,6 +24,8 @@ constexpr int64_t kMaxGemvSlots = 64;
 // its kernels beat the grouped one on large tiles, and one small download of the segment
 // bounds per product costs little next to the product. MF_CUDA_CUBLAS_EXPERT_SLOTS overrides.
 constexpr int64_t kDefaultMinCublasSlots = 4096;
+// What NVIDIA recommends for Hopper's cuBLAS kernels.
+constexpr size_t kCublasWorkspaceBytes = 32 << 20;
 
 int64_t MinCublasSlots() {
   static const int64_t slots = [] {
@@ -53,6 +56,13 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
       cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("cuda: cannot initialise cuBLAS");
   }
+  // cuBLAS gets its workspace up front: it must not allocate while a graph is recorded.
+  if (cudaMalloc(&backend->cublas_workspace_, kCublasWorkspaceBytes) != cudaSuccess ||
+      cublasSetWorkspace(backend->cublas_, backend->cublas_workspace_, kCublasWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) {
+    return absl::ResourceExhaustedError("cuda: cannot allocate the cuBLAS workspace");
+  }
+  const char* graphs = std::getenv("MF_CUDA_GRAPHS");
+  backend->graphs_enabled_ = !backend->timer_->enabled() && (graphs == nullptr || std::string(graphs) != "0");
   // Step buffers come from the stream-ordered pool; keep freed memory in the pool.
   cudaMemPool_t pool;
   if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
@@ -68,6 +78,7 @@ CudaBackend::~CudaBackend() {
   for (void* buffer : retired_staging_) cudaFreeHost(buffer);
   timer_.reset();
   if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -260,6 +271,19 @@ void CudaBackend::GeluNew(Tensor& x) {
   Check(kernels::GeluNew(Ptr<float>(x), x.num_elements(), stream_), "gelu_new");
 }
 
+absl::Status CudaBackend::RouterLogits(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                                       Tensor& logits) {
+  const int num_tokens = Int(x.rows()), d = Int(x.cols());
+  if (!kernels::RouterGemvSupports(num_tokens, d)) return Backend::RouterLogits(x, w1, b1, w2, logits);
+  CudaOpTimer::Scope scope(*timer_, "router");
+  Tensor hidden = Scratch(DType::kF32, {num_tokens, w1.rows()});
+  if (hidden.empty()) return status_;
+  Check(kernels::RouterGemv(Ptr<float>(x), num_tokens, d, Ptr<float>(w1), Ptr<float>(b1), Int(w1.rows()), Ptr<float>(w2),
+                            Int(w2.rows()), Ptr<float>(hidden), Ptr<float>(logits), stream_),
+        "router");
+  return status_;
+}
+
 absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) {
   CudaOpTimer::Scope scope(*timer_, "route");
   const int num_tokens = Int(router_logits.rows()), num_experts = Int(router_logits.cols());
@@ -267,9 +291,15 @@ absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingP
   plan.num_tokens = num_tokens;
   plan.top_k = top_k;
   plan.num_experts = num_experts;
-  for (auto [tensor, dtype, shape] : {std::tuple{&plan.token_experts, DType::kI32, std::vector<int64_t>{num_tokens, top_k}},
-                                      std::tuple{&plan.token_gates, DType::kF32, std::vector<int64_t>{num_tokens, top_k}},
-                                      std::tuple{&plan.expert_offsets, DType::kI32, std::vector<int64_t>{num_experts + 1}},
+  const bool caller_record = !plan.token_experts.empty() && !plan.token_gates.empty();
+  if (!caller_record) {
+    for (auto [tensor, dtype] : {std::pair{&plan.token_experts, DType::kI32}, std::pair{&plan.token_gates, DType::kF32}}) {
+      absl::StatusOr<Tensor> allocated = Allocate(dtype, {num_tokens, top_k});
+      if (!allocated.ok()) return allocated.status();
+      *tensor = *std::move(allocated);
+    }
+  }
+  for (auto [tensor, dtype, shape] : {std::tuple{&plan.expert_offsets, DType::kI32, std::vector<int64_t>{num_experts + 1}},
                                       std::tuple{&plan.slot_tokens, DType::kI32, std::vector<int64_t>{slots}},
                                       std::tuple{&plan.token_slots, DType::kI32, std::vector<int64_t>{num_tokens, top_k}}}) {
     absl::StatusOr<Tensor> allocated = Allocate(dtype, shape);

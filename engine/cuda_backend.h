@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/backend.h"
@@ -51,6 +52,8 @@ class CudaBackend : public Backend {
   void Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& out) override;
   void GeluExact(Tensor& x) override;
   void GeluNew(Tensor& x) override;
+  absl::Status RouterLogits(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                            Tensor& logits) override;
   absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) override;
   void ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
                   ExpertActivation activation, Tensor& out) override;
@@ -60,6 +63,10 @@ class CudaBackend : public Backend {
                               const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) override;
   void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void ArgmaxRows(const Tensor& logits, Tensor& tokens) override;
+  // Records `body` as a CUDA graph and replays it (engine/cuda_graph.cc). Off when
+  // MF_CUDA_GRAPHS=0 or MF_CUDA_OP_TIMING is set (per-operation timing needs eager launches).
+  absl::Status RunRecorded(std::unique_ptr<RecordedWork>* record, absl::FunctionRef<absl::Status()> body) override;
+  int64_t graphs_replayed() const { return graphs_replayed_; }
 
  private:
   CudaBackend() = default;
@@ -95,6 +102,9 @@ class CudaBackend : public Backend {
   CudaPrecision precision_ = CudaPrecision::kExact;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+  bool graphs_enabled_ = true;
+  int64_t graphs_replayed_ = 0;
   absl::Status status_;
   std::unique_ptr<CudaOpTimer> timer_;  // created with the stream; destroyed before it
 

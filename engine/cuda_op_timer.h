@@ -29,6 +29,8 @@ class CudaOpTimer {
     cudaEvent_t start_ = nullptr;
   };
 
+  bool enabled() const { return enabled_; }
+
   // Folds finished events into the totals; call after the stream has synchronised.
   void Collect();
 

@@ -4,22 +4,10 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "engine/model_step.h"
 #include "engine/status_macros.h"
 
 namespace mf {
-
-struct Model::DeviceMixture {
-  int num_experts = 0;
-  int top_k = 0;
-  int64_t expert_hidden = 0;
-  Tensor router_w1, router_b1, router_w2, experts_in, experts_out;
-};
-
-struct Model::DeviceLayer {
-  Tensor ln1_weight, ln1_bias, ln2_weight, ln2_bias;
-  Tensor k_weight, k_bias, v_weight, v_bias;
-  DeviceMixture attention, mlp;
-};
 
 absl::StatusOr<Model::DeviceMixture> Model::UploadMixture(Backend& backend, const MixtureWeights& host) {
   DeviceMixture mixture;
@@ -101,39 +89,49 @@ absl::StatusOr<Tensor> Model::Empty(std::vector<int64_t> shape) {
 absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
   MF_RETURN_IF_ERROR(Validate(batch));
   ForwardOutput output;
-  // Every exit, errors included, completes the deferred routing downloads while `output`
-  // (their destination) still exists.
-  absl::Cleanup finish_downloads = [this] { backend_->FinishDeferredCopies(); };
   output.vocab_size = config_.vocab_size;
-  std::vector<int32_t> logit_rows;
-  MF_ASSIGN_OR_RETURN(StepLayout layout, BuildLayout(batch, &logit_rows, &output));
-  if (batch.record_routing) output.routing.resize(layers_.size());
-
-  const int64_t d = config_.n_embd;
-  MF_ASSIGN_OR_RETURN(Tensor hidden, Empty({layout.num_tokens, d}));
-  backend_->Embed(wte_, layout.token_ids, hidden);
-  for (int layer = 0; layer < static_cast<int>(layers_.size()); ++layer) {
-    MF_RETURN_IF_ERROR(RunAttention(layer, layout, hidden, batch.record_routing ? &output : nullptr));
-    MF_RETURN_IF_ERROR(RunMlp(layer, hidden, batch.record_routing ? &output : nullptr));
+  const StepInputs inputs = BuildInputs(batch, &output);
+  MF_ASSIGN_OR_RETURN(std::shared_ptr<StepBuffers> step, BuffersFor(inputs));
+  step->layout.seq_token_begin = inputs.layout.seq_token_begin;
+  step->layout.seq_cached = inputs.layout.seq_cached;
+  backend_->CopyFromHost(inputs.packed.data(), step->packed);
+  MF_RETURN_IF_ERROR(backend_->RunRecorded(inputs.replay_key.has_value() ? &step->record : nullptr,
+                                           [this, &step] { return RunNetwork(*step); }));
+  {
+    // Every exit, errors included, completes the deferred downloads while their
+    // destinations still exist.
+    absl::Cleanup finish_downloads = [this] { backend_->FinishDeferredCopies(); };
+    MF_RETURN_IF_ERROR(ReadOutputs(batch, *step, &output));
   }
-
-  const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
-  MF_ASSIGN_OR_RETURN(Tensor rows, backend_->Allocate(DType::kI32, {num_rows}));
-  backend_->CopyFromHost(logit_rows.data(), rows);
-  MF_ASSIGN_OR_RETURN(Tensor selected, Empty({num_rows, d}));
-  backend_->GatherRows(hidden, rows, selected);
-  MF_ASSIGN_OR_RETURN(Tensor normed, Empty({num_rows, d}));
-  backend_->LayerNorm(selected, ln_f_weight_, ln_f_bias_, static_cast<float>(config_.layer_norm_epsilon), normed);
-  MF_ASSIGN_OR_RETURN(Tensor logits, Empty({num_rows, config_.vocab_size}));
-  backend_->Linear(normed, lm_head_, nullptr, logits);
-  MF_RETURN_IF_ERROR(ReadLogits(batch, logits, &output));
-  std::move(finish_downloads).Invoke();  // the routing of every layer (RecordRouting)
+  SplitRouting(*step, &output);
   MF_RETURN_IF_ERROR(backend_->status());
   return output;
 }
 
-absl::Status Model::RunAttention(int layer, const StepLayout& layout, Tensor& hidden, ForwardOutput* output) {
+absl::Status Model::RunNetwork(StepBuffers& step) {
+  const int64_t d = config_.n_embd, num_rows = step.logits.rows();
+  MF_ASSIGN_OR_RETURN(Tensor hidden, Empty({step.layout.num_tokens, d}));
+  backend_->Embed(wte_, step.layout.token_ids, hidden);
+  for (int layer = 0; layer < static_cast<int>(layers_.size()); ++layer) {
+    MF_RETURN_IF_ERROR(RunAttention(layer, step, hidden));
+    MF_RETURN_IF_ERROR(RunMlp(layer, step, hidden));
+  }
+  // Logit rows are in token order, at most one per token: as many rows as tokens means all.
+  Tensor final_hidden = hidden;
+  if (num_rows != step.layout.num_tokens) {
+    MF_ASSIGN_OR_RETURN(final_hidden, Empty({num_rows, d}));
+    backend_->GatherRows(hidden, step.logit_rows, final_hidden);
+  }
+  MF_ASSIGN_OR_RETURN(Tensor normed, Empty({num_rows, d}));
+  backend_->LayerNorm(final_hidden, ln_f_weight_, ln_f_bias_, static_cast<float>(config_.layer_norm_epsilon), normed);
+  backend_->Linear(normed, lm_head_, nullptr, step.logits);
+  if (!step.argmax.empty()) backend_->ArgmaxRows(step.logits, step.argmax);
+  return backend_->status();
+}
+
+absl::Status Model::RunAttention(int layer, StepBuffers& step, Tensor& hidden) {
   const DeviceLayer& weights = layers_[static_cast<size_t>(layer)];
+  const StepLayout& layout = step.layout;
   const float eps = static_cast<float>(config_.layer_norm_epsilon);
   MF_ASSIGN_OR_RETURN(Tensor normed, Empty(hidden.shape));
   backend_->LayerNorm(hidden, weights.ln1_weight, weights.ln1_bias, eps, normed);
@@ -149,7 +147,7 @@ absl::Status Model::RunAttention(int layer, const StepLayout& layout, Tensor& hi
     backend_->WriteKv(keys, &values, layout, cache);
   }
 
-  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(weights.attention, normed));
+  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kAttention, step, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   MF_ASSIGN_OR_RETURN(Tensor queries, Empty({num_slots, config_.att_hidden}));
   backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.attention.experts_in, ExpertActivation::kNone,
@@ -162,16 +160,15 @@ absl::Status Model::RunAttention(int layer, const StepLayout& layout, Tensor& hi
   backend_->ExpertGemm(attended, plan, /*gather_by_token=*/false, weights.attention.experts_out,
                        ExpertActivation::kNone, projected);
   backend_->CombineExperts(projected, plan, hidden);
-  if (output != nullptr) RecordRouting(plan, &output->routing[static_cast<size_t>(layer)][0]);
   return absl::OkStatus();
 }
 
-absl::Status Model::RunMlp(int layer, Tensor& hidden, ForwardOutput* output) {
+absl::Status Model::RunMlp(int layer, StepBuffers& step, Tensor& hidden) {
   const DeviceLayer& weights = layers_[static_cast<size_t>(layer)];
   MF_ASSIGN_OR_RETURN(Tensor normed, Empty(hidden.shape));
   backend_->LayerNorm(hidden, weights.ln2_weight, weights.ln2_bias, static_cast<float>(config_.layer_norm_epsilon),
                       normed);
-  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(weights.mlp, normed));
+  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kMlp, step, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   MF_ASSIGN_OR_RETURN(Tensor inner, Empty({num_slots, weights.mlp.expert_hidden}));
   backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.mlp.experts_in, ExpertActivation::kGeluNew,
@@ -180,61 +177,22 @@ absl::Status Model::RunMlp(int layer, Tensor& hidden, ForwardOutput* output) {
   backend_->ExpertGemm(inner, plan, /*gather_by_token=*/false, weights.mlp.experts_out, ExpertActivation::kNone,
                        expert_out);
   backend_->CombineExperts(expert_out, plan, hidden);
-  if (output != nullptr) RecordRouting(plan, &output->routing[static_cast<size_t>(layer)][1]);
   return absl::OkStatus();
 }
 
-absl::StatusOr<RoutingPlan> Model::RouteMixture(const DeviceMixture& mixture, const Tensor& normed) {
-  MF_ASSIGN_OR_RETURN(Tensor gate_hidden, Empty({normed.rows(), config_.gating_size}));
-  backend_->Linear(normed, mixture.router_w1, &mixture.router_b1, gate_hidden);
-  backend_->GeluExact(gate_hidden);
-  MF_ASSIGN_OR_RETURN(Tensor router_logits, Empty({normed.rows(), mixture.num_experts}));
-  backend_->Linear(gate_hidden, mixture.router_w2, nullptr, router_logits);
+absl::StatusOr<RoutingPlan> Model::RouteMixture(int layer, Mixture mixture, StepBuffers& step, const Tensor& normed) {
+  const DeviceLayer& weights = layers_[static_cast<size_t>(layer)];
+  const DeviceMixture& gate = mixture == Mixture::kAttention ? weights.attention : weights.mlp;
+  MF_ASSIGN_OR_RETURN(Tensor router_logits, Empty({normed.rows(), gate.num_experts}));
+  MF_RETURN_IF_ERROR(backend_->RouterLogits(normed, gate.router_w1, gate.router_b1, gate.router_w2, router_logits));
   RoutingPlan plan;
-  MF_RETURN_IF_ERROR(backend_->Route(router_logits, mixture.top_k, plan));
+  if (!step.routing_experts.empty()) {
+    const int64_t offset = step.routing_offsets[static_cast<size_t>(layer) * 2 + static_cast<size_t>(mixture)];
+    plan.token_experts = step.routing_experts.Slice(offset, {normed.rows(), gate.top_k});
+    plan.token_gates = step.routing_gates.Slice(offset, {normed.rows(), gate.top_k});
+  }
+  MF_RETURN_IF_ERROR(backend_->Route(router_logits, gate.top_k, plan));
   return plan;
-}
-
-absl::Status Model::ReadLogits(const ForwardBatch& batch, const Tensor& logits, ForwardOutput* output) {
-  const int64_t num_rows = logits.rows();
-  const bool any_argmax_only = std::any_of(batch.sequences.begin(), batch.sequences.end(),
-                                           [](const SequenceChunk& chunk) { return !chunk.full_logits; });
-  if (any_argmax_only) {
-    MF_ASSIGN_OR_RETURN(Tensor argmax, backend_->Allocate(DType::kI32, {num_rows}));
-    backend_->ArgmaxRows(logits, argmax);
-    output->argmax.resize(static_cast<size_t>(num_rows));
-    backend_->CopyToHostDeferred(argmax, output->argmax.data());
-  }
-  std::vector<int32_t> full_rows;
-  output->full_row.assign(static_cast<size_t>(num_rows), -1);
-  for (size_t s = 0; s < batch.sequences.size(); ++s) {
-    if (!batch.sequences[s].full_logits) continue;
-    for (int row = output->logit_row_offsets[s]; row < output->logit_row_offsets[s + 1]; ++row) {
-      output->full_row[static_cast<size_t>(row)] = static_cast<int>(full_rows.size());
-      full_rows.push_back(row);
-    }
-  }
-  if (full_rows.empty()) return absl::OkStatus();
-  output->logits.resize(full_rows.size() * static_cast<size_t>(config_.vocab_size));
-  if (static_cast<int64_t>(full_rows.size()) == num_rows) {
-    backend_->ToFloat(logits, output->logits.data());
-    return absl::OkStatus();
-  }
-  MF_ASSIGN_OR_RETURN(Tensor rows, backend_->Allocate(DType::kI32, {static_cast<int64_t>(full_rows.size())}));
-  backend_->CopyFromHost(full_rows.data(), rows);
-  MF_ASSIGN_OR_RETURN(Tensor selected, Empty({static_cast<int64_t>(full_rows.size()), config_.vocab_size}));
-  backend_->GatherRows(logits, rows, selected);
-  backend_->ToFloat(selected, output->logits.data());
-  return absl::OkStatus();
-}
-
-void Model::RecordRouting(const RoutingPlan& plan, MixtureRouting* routing) {
-  routing->top_k = plan.top_k;
-  routing->num_experts = plan.num_experts;
-  routing->experts.resize(static_cast<size_t>(plan.token_experts.num_elements()));
-  routing->gates.resize(static_cast<size_t>(plan.token_gates.num_elements()));
-  backend_->CopyToHostDeferred(plan.token_experts, routing->experts.data());
-  backend_->CopyToHostDeferred(plan.token_gates, routing->gates.data());
 }
 
 }  // namespace mf

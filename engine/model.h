@@ -4,7 +4,9 @@
 
 #include <array>
 #include <cstdint>
+#include <list>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -76,19 +78,30 @@ class Model {
  private:
   struct DeviceMixture;
   struct DeviceLayer;
+  struct StepInputs;
+  struct StepBuffers;
 
   Model() = default;
   static absl::StatusOr<DeviceMixture> UploadMixture(Backend& backend, const MixtureWeights& host);
   absl::Status Upload(const ModelWeights& weights);
   absl::Status Validate(const ForwardBatch& batch) const;
-  absl::StatusOr<StepLayout> BuildLayout(const ForwardBatch& batch, std::vector<int32_t>* logit_rows,
-                                         ForwardOutput* output);
-  absl::Status RunAttention(int layer, const StepLayout& layout, Tensor& hidden, ForwardOutput* output);
-  absl::Status RunMlp(int layer, Tensor& hidden, ForwardOutput* output);
-  absl::StatusOr<RoutingPlan> RouteMixture(const DeviceMixture& mixture, const Tensor& normed);
-  void RecordRouting(const RoutingPlan& plan, MixtureRouting* routing);
-  // Downloads every row's argmax and the full rows the batch asks for.
-  absl::Status ReadLogits(const ForwardBatch& batch, const Tensor& logits, ForwardOutput* output);
+  // The step's layout on the host, packed for one upload (engine/model_layout.cc).
+  StepInputs BuildInputs(const ForwardBatch& batch, ForwardOutput* output) const;
+  // The device buffers of a step shaped like `inputs`: kept, with their recorded work,
+  // for steps that can replay one (engine/model_step.cc); fresh otherwise.
+  absl::StatusOr<std::shared_ptr<StepBuffers>> BuffersFor(const StepInputs& inputs);
+  absl::StatusOr<std::shared_ptr<StepBuffers>> AllocateBuffers(const StepInputs& inputs);
+  // Embedding to logits (and their argmax): the device work of a step, replayable.
+  absl::Status RunNetwork(StepBuffers& step);
+  absl::Status RunAttention(int layer, StepBuffers& step, Tensor& hidden);
+  absl::Status RunMlp(int layer, StepBuffers& step, Tensor& hidden);
+  // Routes `normed`; the decisions land in the step's routing record when it keeps one.
+  absl::StatusOr<RoutingPlan> RouteMixture(int layer, Mixture mixture, StepBuffers& step, const Tensor& normed);
+  // Downloads every row's argmax, the full rows the batch asks for, and the routing.
+  absl::Status ReadOutputs(const ForwardBatch& batch, const StepBuffers& step, ForwardOutput* output);
+  absl::Status ReadLogits(const ForwardBatch& batch, const StepBuffers& step, ForwardOutput* output);
+  // Fills output->routing from the downloaded routing record.
+  void SplitRouting(const StepBuffers& step, ForwardOutput* output) const;
   absl::StatusOr<Tensor> Empty(std::vector<int64_t> shape);
 
   ModelConfig config_;
@@ -97,6 +110,10 @@ class Model {
   Tensor wte_, ln_f_weight_, ln_f_bias_, lm_head_;
   std::vector<DeviceLayer> layers_;
   int64_t weight_bytes_ = 0;
+  // Buffers of replayable steps by key, most recently used first.
+  std::list<std::pair<uint64_t, std::shared_ptr<StepBuffers>>> replay_buffers_;
+  std::vector<int32_t> routing_experts_;  // the routing record's download, before SplitRouting
+  std::vector<float> routing_gates_;
 };
 
 }  // namespace mf

@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/model.h"
+#include "engine/model_step.h"
 #include "engine/status_macros.h"
 
 namespace mf {
@@ -37,17 +38,40 @@ absl::Status Model::Validate(const ForwardBatch& batch) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::vector<int32_t>* logit_rows,
-                                              ForwardOutput* output) {
+namespace {
+
+// Decode steps whose longest block table falls in the same multiple of this many blocks
+// share recorded work: tables are padded to it (attention sizes its splits by it).
+constexpr int kReplayBlockBucket = 8;
+// Larger decode batches gain little from replay next to their kernels' run time.
+constexpr int kMaxReplayTokens = 512;
+
+bool IsDecodeStep(const ForwardBatch& batch) {
+  if (static_cast<int>(batch.sequences.size()) > kMaxReplayTokens) return false;
+  return std::all_of(batch.sequences.begin(), batch.sequences.end(),
+                     [](const SequenceChunk& chunk) { return chunk.new_tokens.size() == 1; });
+}
+
+}  // namespace
+
+Model::StepInputs Model::BuildInputs(const ForwardBatch& batch, ForwardOutput* output) const {
   const int block_size = kv_cache_->block_size();
-  StepLayout layout;
+  StepInputs inputs;
+  StepLayout& layout = inputs.layout;
   layout.num_sequences = static_cast<int>(batch.sequences.size());
   layout.block_size = block_size;
   for (const SequenceChunk& chunk : batch.sequences) {
     layout.max_blocks_per_sequence = std::max(layout.max_blocks_per_sequence, static_cast<int>(chunk.block_table.size()));
+    inputs.argmax |= !chunk.full_logits;
+  }
+  inputs.record_routing = batch.record_routing;
+  const bool decode = IsDecodeStep(batch);
+  if (decode) {
+    layout.max_blocks_per_sequence =
+        (layout.max_blocks_per_sequence + kReplayBlockBucket - 1) / kReplayBlockBucket * kReplayBlockBucket;
   }
 
-  std::vector<int32_t> token_ids, token_seq, token_pos, cache_rows, seq_new_tokens;
+  std::vector<int32_t> token_ids, token_seq, token_pos, cache_rows, seq_new_tokens, logit_rows;
   layout.seq_token_begin.push_back(0);
   std::vector<int32_t> block_tables(static_cast<size_t>(layout.num_sequences) * layout.max_blocks_per_sequence, 0);
   output->token_offsets.push_back(0);
@@ -59,7 +83,7 @@ absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::ve
     const int num_new = static_cast<int>(chunk.new_tokens.size());
     for (int i = 0; i < num_new; ++i) {
       const int position = chunk.num_cached + i;
-      if (chunk.all_logits || i == num_new - 1) logit_rows->push_back(static_cast<int32_t>(token_ids.size()));
+      if (chunk.all_logits || i == num_new - 1) logit_rows.push_back(static_cast<int32_t>(token_ids.size()));
       token_ids.push_back(chunk.new_tokens[static_cast<size_t>(i)]);
       token_seq.push_back(s);
       token_pos.push_back(position);
@@ -70,23 +94,22 @@ absl::StatusOr<StepLayout> Model::BuildLayout(const ForwardBatch& batch, std::ve
     layout.seq_token_begin.push_back(static_cast<int32_t>(token_ids.size()));
     layout.seq_cached.push_back(chunk.num_cached);
     seq_new_tokens.push_back(num_new);
-    output->logit_row_offsets.push_back(static_cast<int>(logit_rows->size()));
+    output->logit_row_offsets.push_back(static_cast<int>(logit_rows.size()));
   }
   layout.num_tokens = static_cast<int>(token_ids.size());
-
-  auto upload = [this](const std::vector<int32_t>& values, std::vector<int64_t> shape, Tensor& dst) -> absl::Status {
-    MF_ASSIGN_OR_RETURN(dst, backend_->Allocate(DType::kI32, std::move(shape)));
-    backend_->CopyFromHost(values.data(), dst);
-    return absl::OkStatus();
-  };
-  const int64_t num_tokens = layout.num_tokens;
-  MF_RETURN_IF_ERROR(upload(token_ids, {num_tokens}, layout.token_ids));
-  MF_RETURN_IF_ERROR(upload(token_seq, {num_tokens}, layout.token_seq));
-  MF_RETURN_IF_ERROR(upload(token_pos, {num_tokens}, layout.token_pos));
-  MF_RETURN_IF_ERROR(upload(cache_rows, {num_tokens}, layout.cache_rows));
-  MF_RETURN_IF_ERROR(upload(block_tables, {layout.num_sequences, layout.max_blocks_per_sequence}, layout.block_tables));
-  MF_RETURN_IF_ERROR(upload(seq_new_tokens, {layout.num_sequences}, layout.seq_new_tokens));
-  return layout;
+  inputs.num_logit_rows = static_cast<int>(logit_rows.size());
+  for (const std::vector<int32_t>* part :
+       {&token_ids, &token_seq, &token_pos, &cache_rows, &block_tables, &seq_new_tokens, &logit_rows}) {
+    inputs.packed.insert(inputs.packed.end(), part->begin(), part->end());
+  }
+  if (decode) {
+    // Decode steps have one token and one logit row per sequence; what else shapes
+    // their work is the table width and which outputs they produce.
+    inputs.replay_key = static_cast<uint64_t>(layout.num_sequences) |
+                        static_cast<uint64_t>(layout.max_blocks_per_sequence) << 20 |
+                        static_cast<uint64_t>(inputs.argmax) << 50 | static_cast<uint64_t>(inputs.record_routing) << 51;
+  }
+  return inputs;
 }
 
 }  // namespace mf

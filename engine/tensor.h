@@ -27,6 +27,11 @@ struct Tensor {
   bool empty() const { return data == nullptr; }
   template <typename T>
   T* as() const { return static_cast<T*>(data); }
+  // A view of `new_shape`'s elements starting `offset` elements in; shares the storage.
+  Tensor Slice(int64_t offset, std::vector<int64_t> new_shape) const {
+    return Tensor{dtype, std::move(new_shape), static_cast<char*>(data) + offset * static_cast<int64_t>(DTypeSize(dtype)),
+                  storage};
+  }
 };
 
 }  // namespace mf

@@ -1,5 +1,7 @@
 #include "kernels/expert_gemv.h"
 
+#include <algorithm>
+
 namespace mf::kernels {
 namespace {
 
@@ -8,6 +10,7 @@ constexpr int kColumnsPerThread = 8;                           // one 16-byte lo
 constexpr int kColumnsPerBlock = kThreads * kColumnsPerThread;  // 1024
 constexpr int kRowsPerPass = 8;                                 // token rows sharing one read of the weights
 constexpr int kMaxSlice = 256;                                  // reduction rows per block, at most
+constexpr int kRowsInFlight = 16;                               // weight rows loaded before use
 
 __host__ __device__ int Slices(int k, int slice) { return (k + slice - 1) / slice; }
 
@@ -30,14 +33,31 @@ __device__ void Bf16x8ToFloat(const uint4& packed, float (&out)[kColumnsPerThrea
 // partial[h][slice][slot][n] = in[h][slot, slice rows] · W[e][slice rows, :] for the slots
 // of expert e = blockIdx.y / slices. Rows of both halves (exact mode) share the block, so
 // each weight tile is read from memory once and reused from L1 across row passes.
+// Blocks of the grid's y dimension cover the non-empty experts only (at most one per slot):
+// block row j works for the j-th expert with slots.
+__device__ int ActiveExpert(const int32_t* __restrict__ offsets, int num_experts, int wanted) {
+  __shared__ int expert;
+  if (threadIdx.x == 0) {
+    expert = -1;
+    for (int e = 0, seen = -1; e < num_experts; ++e) {
+      if (offsets[e + 1] > offsets[e] && ++seen == wanted) {
+        expert = e;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  return expert;
+}
+
 __global__ void __launch_bounds__(kThreads)
     PartialKernel(const float* __restrict__ x, const int32_t* __restrict__ gather, int num_halves, int num_slots, int k,
-                  int slice_rows,
-                  const int32_t* __restrict__ offsets, const __nv_bfloat16* __restrict__ weights, int n,
-                  float* __restrict__ partial) {
+                  int slice_rows, const int32_t* __restrict__ offsets, int num_experts,
+                  const __nv_bfloat16* __restrict__ weights, int n, float* __restrict__ partial) {
   __shared__ float staged[kRowsPerPass][kMaxSlice];
   const int slices = Slices(k, slice_rows);
-  const int expert = blockIdx.y / slices, slice = blockIdx.y % slices;
+  const int expert = ActiveExpert(offsets, num_experts, blockIdx.y / slices), slice = blockIdx.y % slices;
+  if (expert < 0) return;
   const int begin = offsets[expert];
   const int count = offsets[expert + 1] - begin;
   if (count == 0) return;
@@ -60,14 +80,27 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (column >= n) continue;
     float accumulator[kRowsPerPass][kColumnsPerThread] = {};
-    for (int i = 0; i < k_rows; ++i) {
-      float weight[kColumnsPerThread];
-      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(matrix + static_cast<int64_t>(i) * n), weight);
+    for (int first_row = 0; first_row < k_rows; first_row += kRowsInFlight) {
+      // Every load of the group is issued before the first is used: small batches are
+      // bound by how many bytes each multiprocessor keeps in flight.
+      uint4 packed[kRowsInFlight];
 #pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r) {
-        const float x = staged[r][i];  // rows past `rows` hold stale values; their sums are dropped
+      for (int j = 0; j < kRowsInFlight; ++j) {
+        packed[j] = first_row + j < k_rows
+                        ? __ldg(reinterpret_cast<const uint4*>(matrix + static_cast<int64_t>(first_row + j) * n))
+                        : make_uint4(0, 0, 0, 0);
+      }
 #pragma unroll
-        for (int c = 0; c < kColumnsPerThread; ++c) accumulator[r][c] += x * weight[c];
+      for (int j = 0; j < kRowsInFlight; ++j) {
+        if (first_row + j >= k_rows) break;
+        float weight[kColumnsPerThread];
+        Bf16x8ToFloat(packed[j], weight);
+#pragma unroll
+        for (int r = 0; r < kRowsPerPass; ++r) {
+          const float x = staged[r][first_row + j];  // rows past `rows` hold stale values; their sums are dropped
+#pragma unroll
+          for (int c = 0; c < kColumnsPerThread; ++c) accumulator[r][c] += x * weight[c];
+        }
       }
     }
     for (int r = 0; r < rows; ++r) {
@@ -118,9 +151,10 @@ cudaError_t ExpertGemv(const float* x, const int32_t* gather, int num_halves, in
   if (num_slots == 0) return cudaSuccess;
   if (!ExpertGemvSupports(n)) return cudaErrorInvalidValue;
   const int slice_rows = SliceFor(num_slots);
-  const dim3 grid((n + kColumnsPerBlock - 1) / kColumnsPerBlock, num_experts * Slices(k, slice_rows));
-  PartialKernel<<<grid, kThreads, 0, stream>>>(x, gather, num_halves, num_slots, k, slice_rows, expert_offsets, weights,
-                                               n, workspace);
+  const int active_experts = std::min(num_experts, num_slots);
+  const dim3 grid((n + kColumnsPerBlock - 1) / kColumnsPerBlock, active_experts * Slices(k, slice_rows));
+  PartialKernel<<<grid, kThreads, 0, stream>>>(x, gather, num_halves, num_slots, k, slice_rows, expert_offsets,
+                                               num_experts, weights, n, workspace);
   const int64_t outputs = static_cast<int64_t>(num_slots) * n / 4;
   ReduceKernel<<<static_cast<int>((outputs + 255) / 256), 256, 0, stream>>>(
       reinterpret_cast<const float4*>(workspace), num_halves, num_slots, Slices(k, slice_rows), n,

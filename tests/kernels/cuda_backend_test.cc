@@ -89,6 +89,29 @@ TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
   }
 }
 
+// The gate MLP: decode-sized batches take the router kernels, larger ones cuBLAS; both
+// agree with the CPU to fp32 rounding (the routing decisions depend on it).
+TEST_F(CudaBackendTest, RouterLogitsMatchCpu) {
+  const int d = 1024, gate = 256, experts = 32;
+  const std::vector<float> w1 = RandomBf16Values(gate * d, rng_, 0.03f), b1 = RandomBf16Values(gate, rng_, 0.1f),
+                           w2 = RandomBf16Values(experts * gate, rng_, 0.06f);
+  for (int tokens : {1, 3, 8, 9, 64, 65, 300}) {
+    const std::vector<float> x = RandomBf16Values(static_cast<size_t>(tokens) * d, rng_);
+    std::vector<std::vector<float>> results;
+    for (Backend* backend : {static_cast<Backend*>(&cpu_), static_cast<Backend*>(cuda_.get())}) {
+      Tensor input = OnBoth(*backend, {tokens, d}, x);
+      Tensor first = *backend->UploadWeight(HostF32({gate, d}, w1), WeightUse::kRouter);
+      Tensor bias = *backend->UploadWeight(HostF32({gate}, b1), WeightUse::kRouter);
+      Tensor second = *backend->UploadWeight(HostF32({experts, gate}, w2), WeightUse::kRouter);
+      Tensor logits = *backend->Allocate(DType::kF32, {tokens, experts});
+      ASSERT_TRUE(backend->RouterLogits(input, first, bias, second, logits).ok());
+      results.push_back(Read(*backend, logits));
+    }
+    ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
+    EXPECT_LT(MaxError(results[1], results[0]), 1e-5) << tokens << " tokens";
+  }
+}
+
 TEST_F(CudaBackendTest, ArgmaxRowsPicksTheLowestIdAmongTies) {
   const int rows = 5, vocab = 50295;
   std::vector<float> logits = RandomBf16Values(static_cast<size_t>(rows) * vocab, rng_);

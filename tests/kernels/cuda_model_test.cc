@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "engine/cuda_backend.h"
 #include "engine/fixture.h"
@@ -88,6 +89,75 @@ TEST(CudaBf16ModelTest, ReportsAgreementWithTheReference) {
                   report.max_logit_error, report.routing_matches ? "same" : "differs",
                   report.greedy_matches ? "same" : "differs");
     }
+  }
+}
+
+// Decode steps replayed as CUDA graphs compute what eager launches compute, bit for bit:
+// logits, argmax and routing, while the batch grows and block tables widen across the
+// widths that key the recorded steps.
+TEST(CudaGraphTest, ReplayedDecodeStepsMatchEagerSteps) {
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  auto weights = LoadWeights(testing::ReferenceDir("molm-tiny"));
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  const int vocab = static_cast<int>(weights->config.vocab_size);
+  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kExact}) {
+    std::unique_ptr<Model> models[2];  // replayed, eager
+    for (int eager = 0; eager < 2; ++eager) {
+      setenv("MF_CUDA_GRAPHS", eager ? "0" : "1", 1);
+      auto backend = CudaBackend::Create(0, precision);
+      ASSERT_TRUE(backend.ok()) << backend.status();
+      KvCacheOptions cache;
+      cache.block_size = 4;
+      cache.num_blocks = 256;
+      auto model = Model::Create(*weights, *std::move(backend), cache);
+      ASSERT_TRUE(model.ok()) << model.status();
+      models[eager] = *std::move(model);
+    }
+    unsetenv("MF_CUDA_GRAPHS");
+
+    // Sequence s owns blocks [64 s, 64 s + 64); its table covers just its tokens, so the
+    // widest table grows by a block every 4 steps and crosses a replay bucket at 32 tokens.
+    std::vector<std::vector<int32_t>> tokens = {{11, 12, 13, 14, 15}, {21, 22, 23, 24, 25, 26, 27, 28, 29}, {31, 32, 33}};
+    std::vector<int> cached = {0, 0, 0};
+    auto step = [&](const std::vector<int>& members) {
+      std::vector<std::vector<int32_t>> tables(members.size());
+      ForwardBatch batch;
+      batch.record_routing = true;
+      for (size_t i = 0; i < members.size(); ++i) {
+        const int s = members[i];
+        const int length = static_cast<int>(tokens[s].size());
+        for (int block = 0; block < (length + 3) / 4; ++block) tables[i].push_back(64 * s + block);
+        batch.sequences.push_back({absl::MakeConstSpan(tokens[s]).subspan(cached[s]), cached[s], tables[i],
+                                   /*all_logits=*/false, /*full_logits=*/s != 1});
+      }
+      std::vector<ForwardOutput> outputs;
+      for (auto& model : models) {
+        auto output = model->Forward(batch);
+        EXPECT_TRUE(output.ok()) << output.status();
+        if (output.ok()) outputs.push_back(*std::move(output));
+      }
+      for (int s : members) cached[s] = static_cast<int>(tokens[s].size());
+      return outputs;
+    };
+    step({0, 1});  // prompts
+    for (int decode = 0; decode < 40; ++decode) {
+      if (decode == 20) step({2});  // a third prompt joins the batch
+      std::vector<int> members = decode < 20 ? std::vector<int>{0, 1} : std::vector<int>{0, 1, 2};
+      for (int s : members) tokens[s].push_back((decode * 31 + s * 17) % vocab);
+      std::vector<ForwardOutput> outputs = step(members);
+      ASSERT_EQ(outputs.size(), 2u);
+      EXPECT_EQ(outputs[0].logits, outputs[1].logits) << "decode step " << decode;
+      EXPECT_EQ(outputs[0].argmax, outputs[1].argmax) << "decode step " << decode;
+      ASSERT_EQ(outputs[0].routing.size(), outputs[1].routing.size());
+      for (size_t layer = 0; layer < outputs[0].routing.size(); ++layer) {
+        for (int mixture = 0; mixture < 2; ++mixture) {
+          EXPECT_EQ(outputs[0].routing[layer][mixture].experts, outputs[1].routing[layer][mixture].experts);
+          EXPECT_EQ(outputs[0].routing[layer][mixture].gates, outputs[1].routing[layer][mixture].gates);
+        }
+      }
+    }
+    EXPECT_GT(dynamic_cast<CudaBackend&>(models[0]->backend()).graphs_replayed(), 30);
+    EXPECT_EQ(dynamic_cast<CudaBackend&>(models[1]->backend()).graphs_replayed(), 0);
   }
 }
 

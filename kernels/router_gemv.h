@@ -1,0 +1,22 @@
+// A mixture's router for decode-sized batches: gate logits [T, E] =
+// gelu_exact(x · w1ᵀ + b1) · w2ᵀ in two small kernels, fp32 throughout. A GEMM library
+// call per product (plus bias and activation passes) costs several launches and
+// reads the fp32 gate weights at a fraction of memory speed when T is a handful.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace mf::kernels {
+
+// Up to this many tokens the router kernels beat a GEMM library.
+constexpr int kMaxRouterGemvTokens = 64;
+
+// Whether RouterGemv handles these sizes (x rows of `d` floats read 16 bytes at a time).
+bool RouterGemvSupports(int num_tokens, int d);
+
+// x [T, d], w1 [g, d], b1 [g], w2 [E, g] (nn.Linear layouts, fp32); hidden [T, g] is
+// scratch; logits [T, E].
+cudaError_t RouterGemv(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
+                       int num_experts, float* hidden, float* logits, cudaStream_t stream);
+
+}  // namespace mf::kernels
