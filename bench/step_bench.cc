@@ -12,6 +12,8 @@
 #include "server/command_line.h"
 #include "server/model_flags.h"
 #ifdef MF_WITH_CUDA
+#include <cuda_profiler_api.h>
+
 #include "bench/roofline.h"
 #endif
 
@@ -24,6 +26,8 @@ ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the en
 ABSL_FLAG(bool, full_logits, false,
           "Download every sequence's row of logits, as the engine does for sampled requests (greedy ones take the "
           "argmax on the device)");
+ABSL_FLAG(bool, profile_decode, false,
+          "Bracket the timed decode steps with cudaProfilerStart/Stop, for `ncu --profile-from-start off`");
 
 namespace {
 
@@ -71,6 +75,20 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each) {
     std::exit(1);
   }
   return seconds;
+}
+
+// Profilers attached with collection off record the timed steps only (after two warm-ups).
+void ProfileDecode(bool on) {
+#ifdef MF_WITH_CUDA
+  if (!absl::GetFlag(FLAGS_profile_decode)) return;
+  if (on) {
+    cudaProfilerStart();
+  } else {
+    cudaProfilerStop();
+  }
+#else
+  (void)on;
+#endif
 }
 
 void Release(mf::Model& model, const Batch& batch) {
@@ -127,9 +145,11 @@ int main(int argc, char** argv) {
     }
     std::vector<double> times;
     for (int step = 0; step < steps + 2; ++step) {
+      if (step == 2) ProfileDecode(true);
       times.push_back(Run(**model, batch, 1));
       for (int& cached : batch.cached) cached += 1;
     }
+    ProfileDecode(false);
     times.erase(times.begin(), times.begin() + 2);  // warm-up
     std::sort(times.begin(), times.end());
     const double median = times[times.size() / 2];

@@ -38,6 +38,9 @@ int64_t MinCublasSlots() {
 using cuda::Int;
 using cuda::Ptr;
 
+// Output columns rounded up to a multiple of 8: 16-byte aligned rows for cuBLAS.
+int64_t PaddedColumns(int64_t columns) { return (columns + 7) / 8 * 8; }
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, CudaPrecision precision) {
@@ -146,12 +149,19 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const HostTensor& host, WeightU
     }
     source = narrowed.data();
   }
-  absl::StatusOr<Tensor> tensor = Allocate(target, host.shape);
-  if (!tensor.ok()) return absl::ResourceExhaustedError(absl::StrCat(host.name, ": ", tensor.status().message()));
+  // bf16 matrices of [rows, in] keep zero rows after their last up to a multiple of 8, so
+  // Linear can run its GEMM on an aligned number of output columns (see there).
+  std::vector<int64_t> stored_shape = host.shape;
+  if (target == DType::kBF16 && stored_shape.size() == 2) stored_shape[0] = PaddedColumns(stored_shape[0]);
+  absl::StatusOr<Tensor> stored = Allocate(target, stored_shape);
+  if (!stored.ok()) return absl::ResourceExhaustedError(absl::StrCat(host.name, ": ", stored.status().message()));
+  Tensor* tensor = &*stored;
+  if (stored_shape != host.shape) Check(cudaMemsetAsync(tensor->data, 0, tensor->num_bytes(), stream_), "upload");
+  tensor->shape = host.shape;
   Check(cudaMemcpyAsync(tensor->data, source, tensor->num_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
   Check(cudaStreamSynchronize(stream_), "upload");  // the host buffers die with this call
   if (!status_.ok()) return status_;
-  return tensor;
+  return *std::move(stored);
 }
 
 void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
@@ -244,18 +254,30 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor* bi
                        x.data, CUDA_R_32F, in, &zero, out.data, CUDA_R_32F, out_features, compute, CUBLAS_GEMM_DEFAULT),
           "linear f32");
   } else {
-    // Both halves (exact mode) are consecutive rows, so one GEMM covers them.
+    // Both halves (exact mode) are consecutive rows, so one GEMM covers them. cuBLAS's
+    // fast kernels want 16-byte aligned output rows: an odd width (a 50,295-token vocabulary)
+    // would get a slow fallback kernel, so such products land in a padded buffer first.
+    // The product runs on the padded width (the weight's zero rows give zero columns).
     const int gemm_rows = rows * num_halves();
+    const int pitch = rows > 1 ? static_cast<int>(PaddedColumns(out_features)) : out_features;
     Tensor x_bf16 = ToGemmInput(x, nullptr, rows, in);
-    Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {gemm_rows, out_features});
-    if (x_bf16.empty() || halves.empty()) return;
-    Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, gemm_rows, in, &one, weight.data, CUDA_R_16BF,
-                       in, x_bf16.data, CUDA_R_16BF, in, &zero, halves.data, CUDA_R_32F, out_features,
-                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+    Tensor product = num_halves() == 1 && pitch == out_features ? out : Scratch(DType::kF32, {gemm_rows, pitch});
+    if (x_bf16.empty() || product.empty()) return;
+    Check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, pitch, gemm_rows, in, &one, weight.data, CUDA_R_16BF,
+                       in, x_bf16.data, CUDA_R_16BF, in, &zero, product.data, CUDA_R_32F, pitch, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
           "linear bf16");
     if (num_halves() == 2) {
-      Check(kernels::SumHalves(Ptr<float>(halves), static_cast<int64_t>(rows) * out_features, Ptr<float>(out), stream_),
+      Tensor summed = pitch == out_features ? out : Scratch(DType::kF32, {rows, pitch});
+      if (summed.empty()) return;
+      Check(kernels::SumHalves(Ptr<float>(product), static_cast<int64_t>(rows) * pitch, Ptr<float>(summed), stream_),
             "sum halves");
+      product = summed;
+    }
+    if (pitch != out_features) {
+      Check(cudaMemcpy2DAsync(out.data, out_features * sizeof(float), product.data, pitch * sizeof(float),
+                              out_features * sizeof(float), rows, cudaMemcpyDeviceToDevice, stream_),
+            "unpad linear");
     }
   }
   if (bias != nullptr) Check(kernels::AddBias(Ptr<float>(out), Ptr<float>(*bias), rows, out_features, stream_), "bias");
@@ -353,9 +375,10 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
         DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
     if (workspace.empty()) return;
     Check(kernels::ExpertGemv(Ptr<float>(x), gather, num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
-                              plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features, Ptr<float>(workspace),
-                              Ptr<float>(out), stream_),
+                              plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features,
+                              activation == ExpertActivation::kGeluNew, Ptr<float>(workspace), Ptr<float>(out), stream_),
           "expert gemv");
+    return;  // the activation came with the reduction
   } else {
     Tensor input = ToGemmInput(x, gather, Int(slots), in);
     Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});

@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <cub/block/block_scan.cuh>
 
 #include "kernels/attention.h"
 #include "kernels/stick_breaking.cuh"
@@ -9,7 +8,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = kThreads;  // keys per pass (one per thread in the scans); logits live in shared memory
+// Keys per pass: one per lane of the warp that scans them. Short passes keep the rows a
+// block reads for its logits in L2 until it reads them again as values.
+constexpr int kChunk = 32;
 // Histories split across blocks in multiples of this many keys: short splits give small
 // decode batches enough blocks to keep the GPU busy.
 constexpr int kSplitGranularity = 16;
@@ -40,6 +41,8 @@ __global__ void WriteKvKernel(const float* __restrict__ key, const float* __rest
 }
 
 constexpr int kDimsPerLoad = 8;  // one 16-byte load of bf16 (two of fp32)
+constexpr int kKeysPerWarp = 2;     // keys whose logits a warp computes together
+constexpr int kValuesInFlight = 4;  // value rows a thread loads before using them
 
 template <typename CacheT>
 __device__ void LoadDims(const CacheT* source, float (&values)[kDimsPerLoad]);
@@ -68,9 +71,8 @@ __device__ void LoadDims<float>(const float* source, float (&values)[kDimsPerLoa
 template <typename CacheT, int kMaxTopK>
 __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs args) {
   const CacheT* cache = static_cast<const CacheT*>(args.cache);
-  using BlockScan = cub::BlockScan<float, kThreads>;
-  __shared__ typename BlockScan::TempStorage scan_storage;
   __shared__ float logits[kMaxTopK][kChunk];  // then the weights
+  __shared__ float chunk_mass[kMaxTopK];      // Σ softplus over the pass's keys, per slot
   extern __shared__ float shared[];  // queries [top_k][head_dim], then [kThreads][8] for the final sums
   float* query = shared;
 
@@ -109,49 +111,88 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
     for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) spent = spent && -log_remaining[rank] >= kNegligibleLogMass;
     if (spent) break;
     const int count = min(kChunk, newest - oldest + 1);
-    // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j), every slot
-    for (int r = warp; r < count; r += kWarps) {
-      const int j = newest - r;
-      const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
-      const CacheT* key = cache + row * args.row_width + head * args.head_dim;
-      float dots[kMaxTopK] = {};
+    // 1. logits of keys newest, newest-1, ..., newest-count+1 (index r = newest - j), every
+    // slot; each warp takes kKeysPerWarp keys at a time, their loads in flight together.
+    for (int first = warp; first < count; first += kWarps * kKeysPerWarp) {
+      const CacheT* key[kKeysPerWarp];
+#pragma unroll
+      for (int u = 0; u < kKeysPerWarp; ++u) {
+        const int j = newest - min(first + u * kWarps, count - 1);
+        const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
+        key[u] = cache + row * args.row_width + head * args.head_dim;
+      }
+      float dots[kKeysPerWarp][kMaxTopK] = {};
       for (int c = lane * kDimsPerLoad; c < args.head_dim; c += 32 * kDimsPerLoad) {
-        float k_values[kDimsPerLoad];
-        LoadDims(key + c, k_values);
+        float k_values[kKeysPerWarp][kDimsPerLoad];
+#pragma unroll
+        for (int u = 0; u < kKeysPerWarp; ++u) LoadDims(key[u] + c, k_values[u]);
 #pragma unroll
         for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
-          for (int e = 0; e < kDimsPerLoad; ++e) dots[rank] += query[rank * args.head_dim + c + e] * k_values[e];
+#pragma unroll
+          for (int e = 0; e < kDimsPerLoad; ++e) {
+            const float q = query[rank * args.head_dim + c + e];
+#pragma unroll
+            for (int u = 0; u < kKeysPerWarp; ++u) dots[u][rank] += q * k_values[u][e];
+          }
         }
       }
 #pragma unroll
-      for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
-        for (int offset = 16; offset > 0; offset /= 2) dots[rank] += __shfl_xor_sync(0xffffffffu, dots[rank], offset);
-        if (lane == 0) logits[rank][r] = dots[rank];
+      for (int u = 0; u < kKeysPerWarp; ++u) {
+        const int r = first + u * kWarps;
+#pragma unroll
+        for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+          for (int offset = 16; offset > 0; offset /= 2) {
+            dots[u][rank] += __shfl_xor_sync(0xffffffffu, dots[u][rank], offset);
+          }
+          if (lane == 0 && r < count) logits[rank][r] = dots[u][rank];
+        }
       }
     }
     __syncthreads();
-    // 2. per slot, an exclusive scan of softplus(l) in newest-first order: the stick used by newer keys
+    // 2. per slot, an exclusive scan of softplus(l) in newest-first order (the stick used by
+    // newer keys), by warp 0 with shuffles
+    if (warp == 0) {
 #pragma unroll
-    for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
-      const int r = threadIdx.x;
-      const float logit = r < count ? logits[rank][r] : 0.0f;
-      float term = r < count ? Softplus(logit) : 0.0f, total;
-      BlockScan(scan_storage).ExclusiveSum(term, term, total);
-      if (r < count) logits[rank][r] = expf(log_remaining[rank] - term - Softplus(-logit));
-      log_remaining[rank] -= total;  // every thread keeps the same running sum
-      __syncthreads();  // scan_storage is reused by the next slot
+      for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+        const float logit = lane < count ? logits[rank][lane] : 0.0f;
+        const float term = lane < count ? Softplus(logit) : 0.0f;
+        float inclusive = term;
+        for (int offset = 1; offset < 32; offset *= 2) {
+          const float before = __shfl_up_sync(0xffffffffu, inclusive, offset);
+          if (lane >= offset) inclusive += before;
+        }
+        float exclusive = __shfl_up_sync(0xffffffffu, inclusive, 1);
+        if (lane == 0) exclusive = 0.0f;
+        if (lane < count) logits[rank][lane] = expf(log_remaining[rank] - exclusive - Softplus(-logit));
+        if (lane == 31) chunk_mass[rank] = inclusive;
+      }
     }
-    // 3. o[rank] += Σ_r weight[rank][r] · v_{newest - r}
-    if (key_lane < key_lanes) {
-      for (int r = key_lane; r < count; r += key_lanes) {
-        const int j = newest - r;
-        const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
-        float v_values[kDimsPerLoad];
-        LoadDims(cache + row * args.row_width + args.value_offset + head * args.head_dim + group * kDimsPerLoad, v_values);
+    __syncthreads();
 #pragma unroll
-        for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
-          const float weight = logits[rank][r];
-          for (int e = 0; e < kDimsPerLoad; ++e) accumulator[rank][e] += weight * v_values[e];
+    for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) log_remaining[rank] -= chunk_mass[rank];
+    // 3. o[rank] += Σ_r weight[rank][r] · v_{newest - r}
+    // Each thread loads kValuesInFlight rows before using the first.
+    if (key_lane < key_lanes) {
+      for (int first = key_lane; first < count; first += key_lanes * kValuesInFlight) {
+        float v_values[kValuesInFlight][kDimsPerLoad];
+#pragma unroll
+        for (int u = 0; u < kValuesInFlight; ++u) {
+          const int j = newest - min(first + u * key_lanes, count - 1);
+          const int64_t row =
+              static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
+          LoadDims(cache + row * args.row_width + args.value_offset + head * args.head_dim + group * kDimsPerLoad,
+                   v_values[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < kValuesInFlight; ++u) {
+          const int r = first + u * key_lanes;
+          if (r >= count) break;
+#pragma unroll
+          for (int rank = 0; rank < kMaxTopK && rank < top_k; ++rank) {
+            const float weight = logits[rank][r];
+#pragma unroll
+            for (int e = 0; e < kDimsPerLoad; ++e) accumulator[rank][e] += weight * v_values[u][e];
+          }
         }
       }
     }
@@ -184,19 +225,36 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
   }
 }
 
-// Right to left: a newer split's stick mass scales every older split by exp(-mass).
+// Right to left: a newer split's stick mass scales every older split by exp(-mass). The
+// scales come first (one thread, from masses staged in shared memory), so the partial
+// outputs' loads do not wait on one another.
 __global__ void CombineSplitsKernel(AttentionArgs args) {
+  extern __shared__ float split_scale[];  // [num_splits]
+  __shared__ int used_splits;
   const int slot = blockIdx.x / args.num_heads;
   const int head = blockIdx.x % args.num_heads;
   if (SkipsSequence(args, args.token_seq[args.slot_tokens[slot]])) return;
   const float* partial = args.partial_out + static_cast<int64_t>(blockIdx.x) * args.num_splits * args.head_dim;
   const float* mass = args.partial_mass + static_cast<int64_t>(blockIdx.x) * args.num_splits;
+  for (int split = threadIdx.x; split < args.num_splits; split += blockDim.x) split_scale[split] = mass[split];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float carried = 0;
+    int split = 0;
+    for (; split < args.num_splits && carried < kNegligibleLogMass; ++split) {
+      const float split_mass = split_scale[split];
+      split_scale[split] = expf(-carried);
+      carried += split_mass;
+    }
+    used_splits = split;
+  }
+  __syncthreads();
   float* out = args.out + static_cast<int64_t>(slot) * args.num_heads * args.head_dim + head * args.head_dim;
   for (int c = threadIdx.x; c < args.head_dim; c += blockDim.x) {
-    float total = 0, carried = 0;
-    for (int split = 0; split < args.num_splits && carried < kNegligibleLogMass; ++split) {
-      total += expf(-carried) * partial[static_cast<int64_t>(split) * args.head_dim + c];
-      carried += mass[split];
+    float total = 0;
+#pragma unroll 8
+    for (int split = 0; split < used_splits; ++split) {
+      total += split_scale[split] * partial[static_cast<int64_t>(split) * args.head_dim + c];
     }
     out[c] = total;
   }
@@ -242,7 +300,9 @@ cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t strea
     if (configured != cudaSuccess) return configured;
     StickBreakingKernel<CacheT, 8><<<grid, kThreads, shared, stream>>>(args);
   }
-  if (args.num_splits > 1) CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, 0, stream>>>(args);
+  if (args.num_splits > 1) {
+    CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, args.num_splits * sizeof(float), stream>>>(args);
+  }
   return cudaGetLastError();
 }
 

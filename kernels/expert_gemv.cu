@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/activations.cuh"
+
 namespace mf::kernels {
 namespace {
 
@@ -11,6 +13,8 @@ constexpr int kColumnsPerBlock = kThreads * kColumnsPerThread;  // 1024
 constexpr int kRowsPerPass = 8;                                 // token rows sharing one read of the weights
 constexpr int kMaxSlice = 256;                                  // reduction rows per block, at most
 constexpr int kRowsInFlight = 16;                               // weight rows loaded before use
+constexpr int kMaxExperts = 1024;
+constexpr int kSliceGroups = 8;  // threads summing one output's slices, in a fixed order
 
 __host__ __device__ int Slices(int k, int slice) { return (k + slice - 1) / slice; }
 
@@ -34,13 +38,17 @@ __device__ void Bf16x8ToFloat(const uint4& packed, float (&out)[kColumnsPerThrea
 // of expert e = blockIdx.y / slices. Rows of both halves (exact mode) share the block, so
 // each weight tile is read from memory once and reused from L1 across row passes.
 // Blocks of the grid's y dimension cover the non-empty experts only (at most one per slot):
-// block row j works for the j-th expert with slots.
+// block row j works for the j-th expert with slots. The offsets come in with one parallel
+// load; a chain of dependent loads would cost a memory latency per expert.
 __device__ int ActiveExpert(const int32_t* __restrict__ offsets, int num_experts, int wanted) {
+  __shared__ int32_t staged_offsets[kMaxExperts + 1];
   __shared__ int expert;
+  for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) staged_offsets[e] = offsets[e];
+  __syncthreads();
   if (threadIdx.x == 0) {
     expert = -1;
     for (int e = 0, seen = -1; e < num_experts; ++e) {
-      if (offsets[e + 1] > offsets[e] && ++seen == wanted) {
+      if (staged_offsets[e + 1] > staged_offsets[e] && ++seen == wanted) {
         expert = e;
         break;
       }
@@ -112,26 +120,45 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// out[slot][c] = Σ_h (Σ_slice partial[h][slice][slot][c]), in a fixed order (deterministic), 4 columns a thread.
-__global__ void ReduceKernel(const float4* __restrict__ partial, int num_halves, int num_slots, int slices, int n,
-                             float4* __restrict__ out) {
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+// out[slot][c] = Σ_h Σ_g Σ_{slice ≡ g mod 8} partial[h][slice][slot][c], in a fixed order
+// (deterministic). Eight threads share each 4 columns, so the slices' loads are in flight
+// together rather than one after the other.
+__global__ void __launch_bounds__(kSliceGroups * 32)
+    ReduceKernel(const float4* __restrict__ partial, int num_halves, int num_slots, int slices, int n, bool gelu_new,
+                 float4* __restrict__ out) {
+  __shared__ float4 sums[kSliceGroups][32];
+  const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * 32 + lane;
   const int64_t per_half = static_cast<int64_t>(num_slots) * n / 4;
-  if (index >= per_half) return;
   float4 sum = make_float4(0, 0, 0, 0);
-  for (int half = 0; half < num_halves; ++half) {
-    float4 total = make_float4(0, 0, 0, 0);
-    for (int slice = 0; slice < slices; ++slice) {
-      const float4 value = partial[(static_cast<int64_t>(half) * slices + slice) * per_half + index];
-      total.x += value.x;
-      total.y += value.y;
-      total.z += value.z;
-      total.w += value.w;
+  if (index < per_half) {
+    for (int half = 0; half < num_halves; ++half) {
+      float4 total = make_float4(0, 0, 0, 0);
+#pragma unroll 8
+      for (int slice = group; slice < slices; slice += kSliceGroups) {
+        const float4 value = partial[(static_cast<int64_t>(half) * slices + slice) * per_half + index];
+        total.x += value.x;
+        total.y += value.y;
+        total.z += value.z;
+        total.w += value.w;
+      }
+      sum.x += total.x;
+      sum.y += total.y;
+      sum.z += total.z;
+      sum.w += total.w;
     }
-    sum.x += total.x;
-    sum.y += total.y;
-    sum.z += total.z;
-    sum.w += total.w;
+  }
+  sums[group][lane] = sum;
+  __syncthreads();
+  if (group != 0 || index >= per_half) return;
+  for (int g = 1; g < kSliceGroups; ++g) {
+    sum.x += sums[g][lane].x;
+    sum.y += sums[g][lane].y;
+    sum.z += sums[g][lane].z;
+    sum.w += sums[g][lane].w;
+  }
+  if (gelu_new) {
+    sum = make_float4(GeluNewValue(sum.x), GeluNewValue(sum.y), GeluNewValue(sum.z), GeluNewValue(sum.w));
   }
   out[index] = sum;
 }
@@ -146,18 +173,18 @@ size_t ExpertGemvWorkspaceFloats(int num_halves, int num_slots, int k, int n) {
 
 cudaError_t ExpertGemv(const float* x, const int32_t* gather, int num_halves, int num_slots, int k,
                        const int32_t* expert_offsets,
-                       int num_experts, const __nv_bfloat16* weights, int n, float* workspace, float* out,
-                       cudaStream_t stream) {
+                       int num_experts, const __nv_bfloat16* weights, int n, bool gelu_new, float* workspace,
+                       float* out, cudaStream_t stream) {
   if (num_slots == 0) return cudaSuccess;
-  if (!ExpertGemvSupports(n)) return cudaErrorInvalidValue;
+  if (!ExpertGemvSupports(n) || num_experts > kMaxExperts) return cudaErrorInvalidValue;
   const int slice_rows = SliceFor(num_slots);
   const int active_experts = std::min(num_experts, num_slots);
   const dim3 grid((n + kColumnsPerBlock - 1) / kColumnsPerBlock, active_experts * Slices(k, slice_rows));
   PartialKernel<<<grid, kThreads, 0, stream>>>(x, gather, num_halves, num_slots, k, slice_rows, expert_offsets,
                                                num_experts, weights, n, workspace);
   const int64_t outputs = static_cast<int64_t>(num_slots) * n / 4;
-  ReduceKernel<<<static_cast<int>((outputs + 255) / 256), 256, 0, stream>>>(
-      reinterpret_cast<const float4*>(workspace), num_halves, num_slots, Slices(k, slice_rows), n,
+  ReduceKernel<<<static_cast<int>((outputs + 31) / 32), kSliceGroups * 32, 0, stream>>>(
+      reinterpret_cast<const float4*>(workspace), num_halves, num_slots, Slices(k, slice_rows), n, gelu_new,
       reinterpret_cast<float4*>(out));
   return cudaGetLastError();
 }

@@ -25,9 +25,9 @@ size_t ExpertGemvWorkspaceFloats(int num_halves, int num_slots, int k, int n);
 // out[r, :] = a_r · W[e], where a_r = x[gather[r]] (x[r] without gather), fp32 [*, k], taken
 // as bf16, plus (num_halves == 2, exact mode) its bf16 remainder in a second product:
 // the same numbers as splitting on the host and summing both halves. W: [E, k, n] bf16
-// row-major; out: [slots, n] fp32.
+// row-major; out: [slots, n] fp32, through gelu_new when asked.
 cudaError_t ExpertGemv(const float* x, const int32_t* gather, int num_halves, int num_slots, int k,
                        const int32_t* expert_offsets, int num_experts, const __nv_bfloat16* weights, int n,
-                       float* workspace, float* out, cudaStream_t stream);
+                       bool gelu_new, float* workspace, float* out, cudaStream_t stream);
 
 }  // namespace mf::kernels

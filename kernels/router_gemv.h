@@ -8,8 +8,9 @@
 
 namespace mf::kernels {
 
-// Up to this many tokens the router kernels beat a GEMM library.
-constexpr int kMaxRouterGemvTokens = 64;
+// Up to this many tokens the router kernels beat a GEMM library (each block rereads its
+// gate rows for every 8 tokens).
+constexpr int kMaxRouterGemvTokens = 16;
 
 // Whether RouterGemv handles these sizes (x rows of `d` floats read 16 bytes at a time).
 bool RouterGemvSupports(int num_tokens, int d);
