@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "kernels/attention.h"
+#include "kernels/decode_attention.cuh"
 #include "kernels/stick_breaking.cuh"
 
 namespace mf::kernels {
@@ -11,15 +12,6 @@ constexpr int kWarps = kThreads / 32;
 // Keys per pass: one per lane of the warp that scans them. Short passes keep the rows a
 // block reads for its logits in L2 until it reads them again as values.
 constexpr int kChunk = 32;
-// Histories split across blocks in multiples of this many keys: short splits give small
-// decode batches enough blocks to keep the GPU busy.
-constexpr int kSplitGranularity = 16;
-
-// Whether the kernels leave this sequence to the tensor-core prompt path.
-__device__ bool SkipsSequence(const AttentionArgs& args, int seq) {
-  return args.seq_new_tokens != nullptr && args.seq_new_tokens[seq] >= args.skip_min_new_tokens;
-}
-
 
 template <typename CacheT>
 __device__ CacheT FromFloat(float value);
@@ -40,28 +32,8 @@ __global__ void WriteKvKernel(const float* __restrict__ key, const float* __rest
   }
 }
 
-constexpr int kDimsPerLoad = 8;  // one 16-byte load of bf16 (two of fp32)
 constexpr int kKeysPerWarp = 2;     // keys whose logits a warp computes together
 constexpr int kValuesInFlight = 4;  // value rows a thread loads before using them
-
-template <typename CacheT>
-__device__ void LoadDims(const CacheT* source, float (&values)[kDimsPerLoad]);
-template <>
-__device__ void LoadDims<__nv_bfloat16>(const __nv_bfloat16* source, float (&values)[kDimsPerLoad]) {
-  const uint4 packed = *reinterpret_cast<const uint4*>(source);
-  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&packed);
-  for (int i = 0; i < kDimsPerLoad / 2; ++i) {
-    const float2 pair = __bfloat1622float2(pairs[i]);
-    values[2 * i] = pair.x;
-    values[2 * i + 1] = pair.y;
-  }
-}
-template <>
-__device__ void LoadDims<float>(const float* source, float (&values)[kDimsPerLoad]) {
-  const float4 first = *reinterpret_cast<const float4*>(source), second = *reinterpret_cast<const float4*>(source + 4);
-  values[0] = first.x, values[1] = first.y, values[2] = first.z, values[3] = first.w;
-  values[4] = second.x, values[5] = second.y, values[6] = second.z, values[7] = second.w;
-}
 
 // One block per (token, head, split), for all top_k query slots of the token at once, so
 // each cached key/value row is read once for all of them. Each chunk of keys: logits by
@@ -99,11 +71,8 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
   float accumulator[kMaxTopK][kDimsPerLoad] = {};
   float log_remaining[kMaxTopK] = {};  // per slot: -Σ softplus(l_m) over this split's keys already passed
   // Split s takes keys_per_split keys counted back from the newest, in chunks of kChunk.
-  const int keys = position + 1;
-  const int per_split_rough = (keys + args.num_splits - 1) / args.num_splits;
-  const int keys_per_split = (per_split_rough + kSplitGranularity - 1) / kSplitGranularity * kSplitGranularity;
-  const int first_newest = position - split * keys_per_split;
-  const int oldest = max(first_newest - keys_per_split + 1, 0);
+  const KeyRange range = SplitKeys(position, split, args.num_splits);
+  const int first_newest = range.newest, oldest = range.oldest;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int newest = first_newest; newest >= oldest; newest -= kChunk) {
     bool spent = true;
@@ -292,7 +261,9 @@ cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t strea
   if (blocks == 0) return cudaSuccess;
   const size_t shared = (static_cast<size_t>(args.top_k) * args.head_dim + kThreads * kDimsPerLoad) * sizeof(float);
   const dim3 grid(blocks, args.num_splits);
-  if (args.top_k <= 2) {
+  if (LaunchWarpSplitAttention<CacheT>(args, stream)) {
+    // the common shapes: kernels/decode_attention.cu
+  } else if (args.top_k <= 2) {
     StickBreakingKernel<CacheT, 2><<<grid, kThreads, shared, stream>>>(args);
   } else {
     const cudaError_t configured = cudaFuncSetAttribute(
