@@ -198,14 +198,16 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
 // scales come first (one thread, from masses staged in shared memory), so the partial
 // outputs' loads do not wait on one another.
 __global__ void CombineSplitsKernel(AttentionArgs args) {
-  extern __shared__ float split_scale[];  // [num_splits]
+  extern __shared__ float split_scale[];  // [num_splits rounded up to 8]
   __shared__ int used_splits;
   const int slot = blockIdx.x / args.num_heads;
   const int head = blockIdx.x % args.num_heads;
   if (SkipsSequence(args, args.token_seq[args.slot_tokens[slot]])) return;
   const float* partial = args.partial_out + static_cast<int64_t>(blockIdx.x) * args.num_splits * args.head_dim;
   const float* mass = args.partial_mass + static_cast<int64_t>(blockIdx.x) * args.num_splits;
-  for (int split = threadIdx.x; split < args.num_splits; split += blockDim.x) split_scale[split] = mass[split];
+  for (int split = threadIdx.x; split < (args.num_splits + 7) / 8 * 8; split += blockDim.x) {
+    split_scale[split] = split < args.num_splits ? mass[split] : 0.0f;
+  }
   __syncthreads();
   if (threadIdx.x == 0) {
     float carried = 0;
@@ -272,7 +274,9 @@ cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t strea
     StickBreakingKernel<CacheT, 8><<<grid, kThreads, shared, stream>>>(args);
   }
   if (args.num_splits > 1) {
-    CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, args.num_splits * sizeof(float), stream>>>(args);
+    // Scales padded to a multiple of 8: the unrolled sum reads them in 16-byte pieces.
+    const size_t scale_bytes = (args.num_splits + 7) / 8 * 8 * sizeof(float);
+    CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, scale_bytes, stream>>>(args);
   }
   return cudaGetLastError();
 }

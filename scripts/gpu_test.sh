@@ -47,7 +47,7 @@ kill -TERM $server; wait $server || status=1
 if [ -z "${SKIP_BENCH:-}" ]; then
   for precision in exact bf16; do
     "$BUNDLE/bench/step_bench" --device cuda --precision "$precision" \
-      --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 2>&1 \
+      --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,64,256 --context 512 2>&1 \
       | tee -a "$OUT/step_bench.txt" || status=1
   done
   # The cost of downloading every layer's routing (the engine does, for expert statistics).

@@ -194,6 +194,13 @@ struct AttentionCase {
 
 class CudaAttentionTest : public CudaBackendTest, public ::testing::WithParamInterface<AttentionCase> {};
 
+// `count` ragged history lengths between 1 and about 2,000.
+std::vector<int> RaggedLengths(int count) {
+  std::vector<int> lengths;
+  for (int i = 0; i < count; ++i) lengths.push_back(1 + (i * 977 + 31) % 2011);
+  return lengths;
+}
+
 // Every sequence's K/V rows are written to a paged cache; then one step attends from its
 // new tokens, each with two query slots in a shuffled (expert-grouped) order. In bf16 mode
 // sequences adding 16 or more tokens take the tensor-core prompt path, the rest (and all
@@ -285,7 +292,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                                            AttentionCase{{4096, 1, 700}, 2, 32, false},
                                            AttentionCase{{700, 300, 17}, 1, 128, true, 200},  // prompt chunks after a history
                                            AttentionCase{{4096, 1000, 3, 130}, 1, 1024, true, 1},
-                                           AttentionCase{{2000, 129}, 4, 64, false, 1}));
+                                           AttentionCase{{2000, 129}, 4, 64, false, 1},
+                                           // decode batches wide enough for the warp-split kernel
+                                           AttentionCase{RaggedLengths(40), 1, 1024, true, 1},
+                                           AttentionCase{RaggedLengths(17), 2, 256, false, 1}));
 
 }  // namespace
 }  // namespace mf
