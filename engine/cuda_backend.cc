@@ -217,10 +217,7 @@ void CudaBackend::FinishDeferredCopies() {
 
 void CudaBackend::ToFloat(const Tensor& src, float* host) {
   if (src.dtype == DType::kF32) {
-    // Through the pinned staging buffer: for vocabulary-wide rows (tens of MB at large
-    // batches) several times faster than a copy into pageable memory.
-    CopyToHostDeferred(src, host);
-    FinishDeferredCopies();
+    CopyToHost(src, host);
     return;
   }
   std::vector<uint8_t> raw(src.num_bytes());
