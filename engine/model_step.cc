@@ -9,8 +9,10 @@
 namespace mf {
 namespace {
 
-// Recorded decode steps kept: one per batch size and table-width bucket in use.
+// Recorded decode steps kept: one per batch size and table-width bucket in use, within a
+// memory budget (a batch of 256 keeps 51 MB of logits alone), least recently used dropped.
 constexpr size_t kMaxReplayBuffers = 64;
+constexpr int64_t kMaxReplayBytes = int64_t{1} << 30;
 
 }  // namespace
 
@@ -23,10 +25,28 @@ absl::StatusOr<std::shared_ptr<Model::StepBuffers>> Model::BuffersFor(const Step
     replay_buffers_.splice(replay_buffers_.begin(), replay_buffers_, found);
     return replay_buffers_.front().second;
   }
-  MF_ASSIGN_OR_RETURN(std::shared_ptr<StepBuffers> buffers, AllocateBuffers(inputs));
-  replay_buffers_.emplace_front(key, buffers);
-  if (replay_buffers_.size() > kMaxReplayBuffers) replay_buffers_.pop_back();
-  return buffers;
+  absl::StatusOr<std::shared_ptr<StepBuffers>> buffers = AllocateBuffers(inputs);
+  if (!buffers.ok() && absl::IsResourceExhausted(buffers.status()) && !replay_buffers_.empty()) {
+    replay_buffers_.clear();  // give the kept steps' memory back and try once more
+    buffers = AllocateBuffers(inputs);
+  }
+  if (!buffers.ok()) return buffers.status();
+  replay_buffers_.emplace_front(key, *buffers);
+  auto bytes_of = [](const StepBuffers& step) {
+    int64_t bytes = 0;
+    for (const Tensor* tensor : {&step.packed, &step.logits, &step.argmax, &step.routing_experts, &step.routing_gates}) {
+      bytes += static_cast<int64_t>(tensor->num_bytes());
+    }
+    return bytes;
+  };
+  int64_t kept_bytes = 0;
+  for (const auto& entry : replay_buffers_) kept_bytes += bytes_of(*entry.second);
+  while (replay_buffers_.size() > 1 &&
+         (replay_buffers_.size() > kMaxReplayBuffers || kept_bytes > kMaxReplayBytes)) {
+    kept_bytes -= bytes_of(*replay_buffers_.back().second);
+    replay_buffers_.pop_back();
+  }
+  return *buffers;
 }
 
 absl::StatusOr<std::shared_ptr<Model::StepBuffers>> Model::AllocateBuffers(const StepInputs& inputs) {
