@@ -17,6 +17,18 @@ constexpr int kTopK = 2;          // query slots per token handled here
 constexpr int kKeysInFlight = 2;  // rows a warp loads before using the first
 constexpr int kMinBlocks = 32;    // (token, head) pairs from which this kernel is used
 
+// A lane's dimensions of one cached row: [(g * 32 + lane) * 8, +8) for g < kGroups.
+template <typename CacheT, int kGroups>
+__device__ __forceinline__ void LoadLaneDims(const CacheT* row, int lane, float (&out)[kGroups * kDimsPerLoad]) {
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) {
+    float values[kDimsPerLoad];
+    LoadDims(row + (g * 32 + lane) * kDimsPerLoad, values);
+#pragma unroll
+    for (int e = 0; e < kDimsPerLoad; ++e) out[g * kDimsPerLoad + e] = values[e];
+  }
+}
+
 // head_dim = kGroups * 256: lane l owns dimensions [(g * 32 + l) * 8, +8) for g < kGroups,
 // so each group of a row is one coalesced 512-byte read (bf16) across the warp.
 template <typename CacheT, int kGroups>
@@ -56,14 +68,7 @@ __global__ void __launch_bounds__(kThreads) WarpSplitKernel(AttentionArgs args) 
     float rows[kKeysInFlight][kLaneDims];
 #pragma unroll
     for (int u = 0; u < kKeysInFlight; ++u) {
-      const CacheT* key = row_of(max(first - u, warp_oldest));
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        float values[kDimsPerLoad];
-        LoadDims(key + (g * 32 + lane) * kDimsPerLoad, values);
-#pragma unroll
-        for (int e = 0; e < kDimsPerLoad; ++e) rows[u][g * kDimsPerLoad + e] = values[e];
-      }
+      LoadLaneDims<CacheT, kGroups>(row_of(max(first - u, warp_oldest)), lane, rows[u]);
     }
 #pragma unroll
     for (int u = 0; u < kKeysInFlight; ++u) {
@@ -86,14 +91,7 @@ __global__ void __launch_bounds__(kThreads) WarpSplitKernel(AttentionArgs args) 
         log_remaining[rank] -= Softplus(dot);
       }
       if (args.value_offset != 0) {  // separate value vectors: read this row's value now
-        const CacheT* value = row_of(j) + args.value_offset;
-#pragma unroll
-        for (int g = 0; g < kGroups; ++g) {
-          float values[kDimsPerLoad];
-          LoadDims(value + (g * 32 + lane) * kDimsPerLoad, values);
-#pragma unroll
-          for (int e = 0; e < kDimsPerLoad; ++e) rows[u][g * kDimsPerLoad + e] = values[e];
-        }
+        LoadLaneDims<CacheT, kGroups>(row_of(j) + args.value_offset, lane, rows[u]);
       }
 #pragma unroll
       for (int rank = 0; rank < kTopK; ++rank) {
