@@ -357,10 +357,22 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
   const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   const int32_t* gather = gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr;
-  if (slots > kMaxGemvSlots && slots < MinCublasSlots()) {
+  if (slots <= kMaxGemvSlots) {
+    // The GEMV kernel converts, gathers and splits the fp32 activations itself, and applies
+    // the activation with its reduction.
+    Tensor workspace = Scratch(
+        DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
+    if (workspace.empty()) return;
+    Check(kernels::ExpertGemv(Ptr<float>(x), gather, num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
+                              plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features,
+                              activation == ExpertActivation::kGeluNew, Ptr<float>(workspace), Ptr<float>(out), stream_),
+          "expert gemv");
+    return;
+  }
+  Tensor input = ToGemmInput(x, gather, Int(slots), in);
+  if (input.empty()) return;
+  if (slots < MinCublasSlots()) {
     // The grouped kernel applies the activation on its way out.
-    Tensor input = ToGemmInput(x, gather, Int(slots), in);
-    if (input.empty()) return;
     const auto epilogue =
         activation == ExpertActivation::kGeluNew ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
     Check(kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
@@ -369,24 +381,11 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
           "expert mma");
     return;
   }
-  if (slots <= kMaxGemvSlots) {
-    // The GEMV kernel converts, gathers and splits the fp32 activations itself.
-    Tensor workspace = Scratch(
-        DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
-    if (workspace.empty()) return;
-    Check(kernels::ExpertGemv(Ptr<float>(x), gather, num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
-                              plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features,
-                              activation == ExpertActivation::kGeluNew, Ptr<float>(workspace), Ptr<float>(out), stream_),
-          "expert gemv");
-    return;  // the activation came with the reduction
-  } else {
-    Tensor input = ToGemmInput(x, gather, Int(slots), in);
-    Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
-    if (input.empty() || halves.empty()) return;
-    ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
-    if (num_halves() == 2) {
-      Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
-    }
+  Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
+  if (halves.empty()) return;
+  ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
+  if (num_halves() == 2) {
+    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
   }
   if (activation == ExpertActivation::kGeluNew) {
     Check(kernels::GeluNew(Ptr<float>(out), out.num_elements(), stream_), "gelu_new");

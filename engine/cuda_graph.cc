@@ -2,6 +2,7 @@
 // launches; replaying them as one graph takes the host's launch cost off the critical
 // path, which otherwise bounds small batches.
 #include <cstdio>
+#include <string>
 
 #include "engine/cuda_backend.h"
 
@@ -48,9 +49,10 @@ absl::Status CudaBackend::RunRecorded(std::unique_ptr<RecordedWork>* record, abs
   }
   // Some operation of the body cannot be recorded (or failed while recording): nothing
   // ran, so forget the recording's errors, and run this step and later ones eagerly.
-  std::fprintf(stderr, "cuda: cannot record the step as a graph (%s%s%s); running steps without graphs\n",
-               cudaGetErrorString(instantiate), body_status.ok() && status_.ok() ? "" : ": ",
-               !status_.ok() ? std::string(status_.message()).c_str() : std::string(body_status.message()).c_str());
+  const std::string reason = !status_.ok()        ? std::string(status_.message())
+                             : !body_status.ok() ? std::string(body_status.message())
+                                                 : cudaGetErrorString(instantiate);
+  std::fprintf(stderr, "cuda: cannot record the step as a graph (%s); running steps without graphs\n", reason.c_str());
   cudaGetLastError();
   status_ = absl::OkStatus();
   graphs_enabled_ = false;

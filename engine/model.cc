@@ -1,9 +1,6 @@
 #include "engine/model.h"
 
-#include <algorithm>
-
 #include "absl/cleanup/cleanup.h"
-#include "absl/strings/str_cat.h"
 #include "engine/model_step.h"
 #include "engine/status_macros.h"
 

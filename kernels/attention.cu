@@ -87,8 +87,7 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
 #pragma unroll
       for (int u = 0; u < kKeysPerWarp; ++u) {
         const int j = newest - min(first + u * kWarps, count - 1);
-        const int64_t row = static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
-        key[u] = cache + row * args.row_width + head * args.head_dim;
+        key[u] = cache + CacheRow(block_table, args.block_size, j) * args.row_width + head * args.head_dim;
       }
       float dots[kKeysPerWarp][kMaxTopK] = {};
       for (int c = lane * kDimsPerLoad; c < args.head_dim; c += 32 * kDimsPerLoad) {
@@ -147,8 +146,7 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
 #pragma unroll
         for (int u = 0; u < kValuesInFlight; ++u) {
           const int j = newest - min(first + u * key_lanes, count - 1);
-          const int64_t row =
-              static_cast<int64_t>(block_table[j / args.block_size]) * args.block_size + j % args.block_size;
+          const int64_t row = CacheRow(block_table, args.block_size, j);
           LoadDims(cache + row * args.row_width + args.value_offset + head * args.head_dim + group * kDimsPerLoad,
                    v_values[u]);
         }

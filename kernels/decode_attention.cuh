@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/attention.h"
+#include "kernels/stick_breaking.cuh"
 
 namespace mf::kernels {
 
@@ -27,11 +28,6 @@ __device__ __forceinline__ KeyRange SplitKeys(int position, int split, int num_s
   const int keys_per_split = (per_split_rough + kSplitGranularity - 1) / kSplitGranularity * kSplitGranularity;
   const int newest = position - split * keys_per_split;
   return {newest, max(newest - keys_per_split + 1, 0)};
-}
-
-// The cache row holding key position j of a sequence.
-__device__ __forceinline__ int64_t CacheRow(const int32_t* block_table, int block_size, int j) {
-  return static_cast<int64_t>(block_table[j / block_size]) * block_size + j % block_size;
 }
 
 template <typename CacheT>

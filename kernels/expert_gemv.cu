@@ -34,9 +34,6 @@ __device__ void Bf16x8ToFloat(const uint4& packed, float (&out)[kColumnsPerThrea
   }
 }
 
-// partial[h][slice][slot][n] = in[h][slot, slice rows] · W[e][slice rows, :] for the slots
-// of expert e = blockIdx.y / slices. Rows of both halves (exact mode) share the block, so
-// each weight tile is read from memory once and reused from L1 across row passes.
 // Blocks of the grid's y dimension cover the non-empty experts only (at most one per slot):
 // block row j works for the j-th expert with slots. The offsets come in with one parallel
 // load; a chain of dependent loads would cost a memory latency per expert.
@@ -58,6 +55,10 @@ __device__ int ActiveExpert(const int32_t* __restrict__ offsets, int num_experts
   return expert;
 }
 
+// partial[h][slice][slot][n] = in[h][slot, slice rows] · W[e][slice rows, :] for the slots
+// of the expert ActiveExpert finds for blockIdx.y / slices. Rows of both halves (exact
+// mode) share the block, so each weight tile is read from memory once and reused from L1
+// across row passes.
 __global__ void __launch_bounds__(kThreads)
     PartialKernel(const float* __restrict__ x, const int32_t* __restrict__ gather, int num_halves, int num_slots, int k,
                   int slice_rows, const int32_t* __restrict__ offsets, int num_experts,
@@ -68,7 +69,6 @@ __global__ void __launch_bounds__(kThreads)
   if (expert < 0) return;
   const int begin = offsets[expert];
   const int count = offsets[expert + 1] - begin;
-  if (count == 0) return;
   const int column = (blockIdx.x * kThreads + threadIdx.x) * kColumnsPerThread;
   const int k_begin = slice * slice_rows, k_rows = min(k, k_begin + slice_rows) - k_begin;
   const __nv_bfloat16* matrix = weights + (static_cast<int64_t>(expert) * k + k_begin) * n + column;

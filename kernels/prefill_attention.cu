@@ -23,8 +23,7 @@ __global__ void GatherKeysKernel(const CacheT* __restrict__ cache, int row_width
                                  const int32_t* __restrict__ block_table, int block_size, int width,
                                  __nv_bfloat16* __restrict__ keys) {
   const int j = blockIdx.x;
-  const int64_t row = static_cast<int64_t>(block_table[j / block_size]) * block_size + j % block_size;
-  const CacheT* source = cache + row * row_width + column;
+  const CacheT* source = cache + CacheRow(block_table, block_size, j) * row_width + column;
   __nv_bfloat16* destination = keys + static_cast<int64_t>(j) * width;
   for (int c = threadIdx.x; c < width; c += blockDim.x) destination[c] = __float2bfloat16(ToFloat(source[c]));
 }
