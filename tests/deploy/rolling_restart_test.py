@@ -1,6 +1,8 @@
 """Two replicas behind nginx (deploy/nginx, Debian's nginx) on loopback: streaming load is
-spread over both; one replica gets SIGTERM mid-load and drains, a new one starts and
-nginx reloads onto it; no request fails (a rolling restart)."""
+spread over both. A rolling restart as the Deployment does it: a new replica starts
+(surge), an old one gets SIGTERM mid-load, reports NOT_SERVING and keeps serving for its
+drain delay, nginx is reloaded without it (the load balancer reacting to readiness), then
+the old replica closes its listener and drains. No request fails."""
 import os
 import re
 import shutil
@@ -86,7 +88,10 @@ class Nginx:
 
 class RollingRestartTest(unittest.TestCase):
     def test_sigterm_of_a_replica_under_load_fails_no_request(self):
-        replica_flags = ("--drain-grace-seconds", "30", "--max-batch-tokens", "512")
+        # The delay covers the load balancer's reaction: a connection that reaches the
+        # listener as it closes is reset after nginx has sent the request, which nginx
+        # cannot retry (gRPC request bodies are streamed, not buffered).
+        replica_flags = ("--drain-delay-seconds", "2", "--drain-grace-seconds", "30", "--max-batch-tokens", "512")
         first, second = harness.Server(None, *replica_flags), harness.Server(None, *replica_flags)
         replacement = None
         nginx = Nginx([first.port, second.port])
@@ -115,8 +120,13 @@ class RollingRestartTest(unittest.TestCase):
                 thread.start()
             while len(completed) + len(failures) < TOTAL_REQUESTS // 4:
                 time.sleep(0.01)
+            replacement = harness.Server(None, *replica_flags)  # surge: the new replica is ready first
             first.terminate()  # mid-load: streams are in flight on both replicas
-            replacement = harness.Server(None, *replica_flags)
+            deadline = time.time() + 10
+            while harness.health_status(first.channel, timeout=1) != 2:  # NOT_SERVING
+                self.assertLess(time.time(), deadline, "the terminated replica never reported NOT_SERVING")
+                time.sleep(0.02)
+            first.channel.close()  # an idle connection would hold the replica's shutdown for seconds
             nginx.reload([second.port, replacement.port])
             self.assertEqual(first.process.wait(timeout=60), 0, "the terminated replica did not drain cleanly")
             for thread in threads:

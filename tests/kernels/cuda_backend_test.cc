@@ -192,6 +192,12 @@ struct AttentionCase {
   int new_tokens = 0;
 };
 
+void PrintTo(const AttentionCase& c, std::ostream* out) {
+  *out << c.lengths.size() << " sequences up to " << *std::max_element(c.lengths.begin(), c.lengths.end())
+       << " tokens, " << c.heads << " x " << c.head_dim << (c.identity ? ", identity" : ", separate K/V")
+       << ", new tokens " << c.new_tokens;
+}
+
 class CudaAttentionTest : public CudaBackendTest, public ::testing::WithParamInterface<AttentionCase> {};
 
 // `count` ragged history lengths between 1 and about 2,000.
@@ -295,7 +301,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                                            AttentionCase{{2000, 129}, 4, 64, false, 1},
                                            // decode batches wide enough for the warp-split kernel
                                            AttentionCase{RaggedLengths(40), 1, 1024, true, 1},
-                                           AttentionCase{RaggedLengths(17), 2, 256, false, 1}));
+                                           AttentionCase{RaggedLengths(17), 2, 256, false, 1}),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) {
+                           const AttentionCase& c = info.param;
+                           return absl::StrCat(c.lengths.size(), "seqs_max", *std::max_element(c.lengths.begin(), c.lengths.end()),
+                                               "_", c.heads, "x", c.head_dim, c.identity ? "_identity" : "_kv",
+                                               c.new_tokens == 0 ? "_prompt" : absl::StrCat("_new", c.new_tokens));
+                         });
 
 }  // namespace
 }  // namespace mf
