@@ -1,8 +1,10 @@
 // Engine-level step benchmark on a model of a published shape with random weights:
 // prefill throughput and decode step time at a given batch and context, plus the
 // device's measured limits (copy bandwidth, bf16 GEMM rate) for the ratios.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
@@ -22,12 +24,14 @@ ABSL_FLAG(int32_t, context, 512, "Tokens already in each sequence's cache when d
 ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
 ABSL_FLAG(int32_t, prefill_prompts, 32, "Prompts in the prefill measurement");
 ABSL_FLAG(int32_t, prefill_length, 512, "Tokens per prompt in the prefill measurement");
+ABSL_FLAG(int32_t, prefill_runs, 5, "Prefill batches timed (the median is reported)");
 ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the engine does for expert statistics");
 ABSL_FLAG(bool, full_logits, false,
           "Download every sequence's row of logits, as the engine does for sampled requests (greedy ones take the "
           "argmax on the device)");
 ABSL_FLAG(bool, profile_decode, false,
           "Bracket the timed decode steps with cudaProfilerStart/Stop, for `ncu --profile-from-start off`");
+ABSL_FLAG(bool, profile_prefill, false, "Bracket the timed prefill batches likewise");
 
 namespace {
 
@@ -77,16 +81,17 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each) {
   return seconds;
 }
 
-// Profilers attached with collection off record the timed steps only (after two warm-ups).
-void ProfileDecode(bool on) {
+// Profilers attached with collection off record the timed steps only (after warm-ups).
+void Profile(bool wanted, bool on) {
 #ifdef MF_WITH_CUDA
-  if (!absl::GetFlag(FLAGS_profile_decode)) return;
+  if (!wanted) return;
   if (on) {
     cudaProfilerStart();
   } else {
     cudaProfilerStop();
   }
 #else
+  (void)wanted;
   (void)on;
 #endif
 }
@@ -128,9 +133,16 @@ int main(int argc, char** argv) {
   if (prompts > 0) {  // prefill: all prompts in one ragged batch
     Batch batch = MakeBatch(**model, prompts, prompt_length, 0);
     Run(**model, batch, prompt_length);  // warm-up
-    const double seconds = Run(**model, batch, prompt_length);
-    std::printf("prefill %d x %d tokens: %.2f ms, %.0f tokens/s\n", prompts, prompt_length, seconds * 1e3,
-                prompts * prompt_length / seconds);
+    std::vector<double> times;
+    Profile(absl::GetFlag(FLAGS_profile_prefill), true);
+    for (int run = 0; run < std::max(1, absl::GetFlag(FLAGS_prefill_runs)); ++run) {
+      times.push_back(Run(**model, batch, prompt_length));
+    }
+    Profile(absl::GetFlag(FLAGS_profile_prefill), false);
+    std::sort(times.begin(), times.end());
+    const double median = times[times.size() / 2];
+    std::printf("prefill %d x %d tokens: median %.2f ms (min %.2f, max %.2f), %.0f tokens/s\n", prompts, prompt_length,
+                median * 1e3, times.front() * 1e3, times.back() * 1e3, prompts * prompt_length / median);
     Release(**model, batch);
   }
   for (int batch_size : batches) {  // decode: one token per sequence per step on top of `context`
@@ -145,11 +157,11 @@ int main(int argc, char** argv) {
     }
     std::vector<double> times;
     for (int step = 0; step < steps + 2; ++step) {
-      if (step == 2) ProfileDecode(true);
+      if (step == 2) Profile(absl::GetFlag(FLAGS_profile_decode), true);
       times.push_back(Run(**model, batch, 1));
       for (int& cached : batch.cached) cached += 1;
     }
-    ProfileDecode(false);
+    Profile(absl::GetFlag(FLAGS_profile_decode), false);
     times.erase(times.begin(), times.begin() + 2);  // warm-up
     std::sort(times.begin(), times.end());
     const double median = times[times.size() / 2];
