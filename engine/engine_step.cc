@@ -11,7 +11,7 @@ double Seconds(absl::Duration duration) { return absl::ToDoubleSeconds(duration)
 
 // Log-probabilities and anything but plain greedy decoding need the whole row of logits.
 bool NeedsFullLogits(const GenerationRequest& request) {
-  return request.return_logprobs || !PicksArgmax(request.sampling);
+  return request.sampling.chosen_logprob || !PicksArgmax(request.sampling);
 }
 
 TokenRouting RoutingAt(const ForwardOutput& output, int token_index) {
@@ -90,7 +90,7 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
     }
 
     GenerationUpdate update;
-    if (sequence.request.return_logprobs) update.logprobs.push_back(sample);
+    if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(sample);
     if (sequence.request.return_routing) update.routing.push_back(RoutingAt(output, output.token_offsets[index + 1] - 1));
     const bool finished = AppendToken(sequence, sample, update);
     if (!finished) sequence.on_update(std::move(update));

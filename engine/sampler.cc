@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <limits>
+
+#include "engine/sampler_math.h"
 
 namespace mf {
 namespace {
@@ -24,57 +26,164 @@ void ApplyPenalties(std::vector<float>& logits, const SamplingParams& params, co
   }
 }
 
+bool PenaltiesOff(const SamplingParams& params) {
+  return params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f && params.frequency_penalty == 0.0f;
+}
+
 int32_t Greedy(const std::vector<float>& logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-// Candidates surviving top-k, top-p and min-p, with their probabilities, most likely first.
-std::vector<std::pair<float, int32_t>> Candidates(const std::vector<float>& logits, const SamplingParams& params) {
-  const float max_logit = *std::max_element(logits.begin(), logits.end());
-  std::vector<std::pair<float, int32_t>> candidates;
-  candidates.reserve(logits.size());
-  double total = 0;
-  for (size_t token = 0; token < logits.size(); ++token) {
-    const float weight = std::exp((logits[token] - max_logit) / params.temperature);
-    if (weight > 0) {
-      candidates.emplace_back(weight, static_cast<int32_t>(token));
-      total += weight;
+// A token and a value that orders it: its logit, or its unnormalised probability
+// exp((logit - max) / temperature).
+struct Weighted {
+  float weight;
+  int32_t token;
+};
+
+// Most likely first; ties to the lower id, so selections never depend on the algorithm.
+bool MoreLikely(const Weighted& a, const Weighted& b) {
+  return a.weight != b.weight ? a.weight > b.weight : a.token < b.token;
+}
+
+// The `count` most likely of `size` entries (`entry(i)` gives the i-th, ids ascending
+// with i), most likely first. One pass that keeps only entries above the running count-th
+// value, so it costs little more than reading them: no sort of the whole vocabulary.
+template <typename Entry>
+std::vector<Weighted> MostLikely(size_t size, size_t count, Entry entry) {
+  std::vector<Weighted> kept;
+  if (count == 0) return kept;
+  const size_t capacity = std::max<size_t>(4 * count, 1024);
+  kept.reserve(capacity);
+  auto shrink = [&] {
+    if (kept.size() <= count) return;
+    std::nth_element(kept.begin(), kept.begin() + static_cast<int64_t>(count) - 1, kept.end(), MoreLikely);
+    kept.resize(count);
+  };
+  // An entry equal to the count-th kept value comes later, so has a higher id: it loses.
+  float threshold = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < size; ++i) {
+    const Weighted candidate = entry(i);
+    if (!(candidate.weight > threshold)) continue;
+    kept.push_back(candidate);
+    if (kept.size() == capacity) {
+      shrink();
+      threshold = kept.back().weight;  // nth_element left the count-th most likely last
     }
   }
-  // Most likely first; ties to the lower id, so the order never depends on the sort.
-  auto more_likely = [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; };
-  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < candidates.size()) {
-    std::partial_sort(candidates.begin(), candidates.begin() + params.top_k, candidates.end(), more_likely);
-    candidates.resize(static_cast<size_t>(params.top_k));
-  } else {
-    std::sort(candidates.begin(), candidates.end(), more_likely);
+  shrink();
+  std::sort(kept.begin(), kept.end(), MoreLikely);
+  return kept;
+}
+
+// Sum of the weights of candidates [begin, end) in a fixed order, four running sums so
+// the additions overlap.
+double WeightSum(const std::vector<Weighted>& candidates, size_t begin, size_t end) {
+  double sums[4] = {0, 0, 0, 0};
+  size_t i = begin;
+  for (; i + 4 <= end; i += 4) {
+    for (size_t lane = 0; lane < 4; ++lane) sums[lane] += candidates[i + lane].weight;
   }
-  for (auto& candidate : candidates) candidate.first = static_cast<float>(candidate.first / total);
-  if (params.min_p > 0) {
-    const float floor = params.min_p * candidates.front().first;
-    while (candidates.size() > 1 && candidates.back().first < floor) candidates.pop_back();
-  }
-  if (params.top_p < 1.0f) {
-    // The smallest prefix whose mass reaches top_p (mass renormalised over the survivors).
-    double kept_total = 0;
-    for (const auto& candidate : candidates) kept_total += candidate.first;
+  for (; i < end; ++i) sums[0] += candidates[i].weight;
+  return (sums[0] + sums[1]) + (sums[2] + sums[3]);
+}
+
+void SortByToken(std::vector<Weighted>& candidates) {
+  std::sort(candidates.begin(), candidates.end(), [](const Weighted& a, const Weighted& b) { return a.token < b.token; });
+}
+
+// The smallest most-likely-first prefix of `candidates` (token order) whose share of their
+// total weight reaches top_p, in token order. Orders ever larger windows of the most
+// likely only while the prefix falls short.
+std::vector<Weighted> TopP(const std::vector<Weighted>& candidates, float top_p) {
+  const double total = WeightSum(candidates, 0, candidates.size());
+  for (size_t window = 64;; window *= 8) {
+    std::vector<Weighted> prefix =
+        MostLikely(candidates.size(), std::min(window, candidates.size()), [&](size_t i) { return candidates[i]; });
     double mass = 0;
     size_t keep = 0;
-    while (keep < candidates.size()) {
-      mass += candidates[keep++].first / kept_total;
-      if (mass >= params.top_p) break;
+    while (keep < prefix.size() && mass < top_p) mass += prefix[keep++].weight / total;
+    if (mass >= top_p || prefix.size() == candidates.size()) {
+      prefix.resize(keep);
+      SortByToken(prefix);
+      return prefix;
     }
-    candidates.resize(keep);
   }
+}
+
+// Tokens that survive top-k, min-p and top-p, with their weights, in token order.
+std::vector<Weighted> Candidates(const std::vector<float>& logits, const SamplingParams& params) {
+  const float max_logit = MaxValue(logits.data(), logits.size());
+  const float inverse_temperature = 1.0f / params.temperature;
+  std::vector<Weighted> candidates;  // (logit, token) until weighed
+  bool filtered = false;           // whether `candidates` holds what top-k and min-p keep
+  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < logits.size()) {
+    candidates = MostLikely(logits.size(), static_cast<size_t>(params.top_k),
+                            [&](size_t i) { return Weighted{logits[i], static_cast<int32_t>(i)}; });
+    SortByToken(candidates);
+    filtered = true;
+  }
+  if (params.min_p > 0) {
+    // weight >= min_p x the top weight (exp(0) = 1), as a bound on the logit.
+    const float floor = max_logit + params.temperature * std::log(params.min_p);
+    if (!filtered) {
+      for (size_t token = 0; token < logits.size(); ++token) {
+        if (logits[token] >= floor) candidates.push_back({logits[token], static_cast<int32_t>(token)});
+      }
+    } else {
+      std::erase_if(candidates, [&](const Weighted& c) { return c.weight < floor; });
+    }
+    filtered = true;
+  }
+  if (!filtered) {  // no filter so far: the whole vocabulary, weighed at once
+    std::vector<float> weights(logits.size());
+    ScaledExp(logits.data(), logits.size(), max_logit, inverse_temperature, weights.data());
+    candidates.resize(logits.size());
+    for (size_t token = 0; token < logits.size(); ++token) candidates[token] = {weights[token], static_cast<int32_t>(token)};
+  } else {
+    for (Weighted& c : candidates) c.weight = std::exp((c.weight - max_logit) * inverse_temperature);
+  }
+  std::erase_if(candidates, [](const Weighted& c) { return !(c.weight > 0); });  // underflowed: never drawn
+  if (params.top_p < 1.0f && !candidates.empty()) candidates = TopP(candidates, params.top_p);
   return candidates;
+}
+
+// A seeded draw from the candidates' weights: 53 random bits give a uniform point in
+// [0, total), found by walking the candidates in token order, a block at a time.
+int32_t Draw(const std::vector<Weighted>& candidates, std::mt19937_64& rng) {
+  constexpr size_t kBlock = 256;
+  std::vector<double> block_sums;
+  block_sums.reserve(candidates.size() / kBlock + 1);
+  double total = 0;
+  for (size_t begin = 0; begin < candidates.size(); begin += kBlock) {
+    block_sums.push_back(WeightSum(candidates, begin, std::min(begin + kBlock, candidates.size())));
+    total += block_sums.back();
+  }
+  const double point = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+  double cumulative = 0;
+  size_t block = 0;
+  while (block + 1 < block_sums.size() && point >= cumulative + block_sums[block]) cumulative += block_sums[block++];
+  const size_t end = std::min((block + 1) * kBlock, candidates.size());
+  for (size_t i = block * kBlock; i < end; ++i) {
+    cumulative += candidates[i].weight;
+    if (point < cumulative) return candidates[i].token;
+  }
+  return candidates[end - 1].token;  // rounding left the point at the block's very end
 }
 
 }  // namespace
 
-bool PicksArgmax(const SamplingParams& params) {
-  return params.greedy() && params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f &&
-         params.frequency_penalty == 0.0f;
+std::vector<int32_t> SampleSupport(const std::vector<float>& logits, const SamplingParams& params) {
+  std::vector<int32_t> tokens;
+  if (params.greedy()) {
+    tokens.push_back(Greedy(logits));
+    return tokens;
+  }
+  for (const Weighted& c : Candidates(logits, params)) tokens.push_back(c.token);
+  return tokens;
 }
+
+bool PicksArgmax(const SamplingParams& params) { return params.greedy() && PenaltiesOff(params); }
 
 void TokenHistory::Add(int32_t token, bool is_output) {
   if (token < 0) return;
@@ -84,49 +193,29 @@ void TokenHistory::Add(int32_t token, bool is_output) {
 }
 
 void FillLogprobs(const std::vector<float>& raw_logits, int num_top, SampleResult* result) {
-  const float max_logit = *std::max_element(raw_logits.begin(), raw_logits.end());
-  double total = 0;
-  for (float logit : raw_logits) total += std::exp(static_cast<double>(logit - max_logit));
-  const double log_total = std::log(total) + max_logit;
+  const float max_logit = MaxValue(raw_logits.data(), raw_logits.size());
+  std::vector<float> weights(raw_logits.size());
+  ScaledExp(raw_logits.data(), raw_logits.size(), max_logit, 1.0f, weights.data());
+  const double log_total = std::log(Sum(weights.data(), weights.size())) + max_logit;
   result->logprob = static_cast<float>(raw_logits[static_cast<size_t>(result->token)] - log_total);
   if (num_top <= 0) return;
-  std::vector<int32_t> order(raw_logits.size());
-  std::iota(order.begin(), order.end(), 0);
-  const size_t count = std::min(static_cast<size_t>(num_top), order.size());
-  std::partial_sort(order.begin(), order.begin() + static_cast<int64_t>(count), order.end(), [&](int32_t a, int32_t b) {
-    return raw_logits[static_cast<size_t>(a)] != raw_logits[static_cast<size_t>(b)]
-               ? raw_logits[static_cast<size_t>(a)] > raw_logits[static_cast<size_t>(b)]
-               : a < b;
-  });
-  for (size_t i = 0; i < count; ++i) {
-    result->top.push_back({order[i], static_cast<float>(raw_logits[static_cast<size_t>(order[i])] - log_total)});
-  }
+  const std::vector<Weighted> top =
+      MostLikely(raw_logits.size(), std::min(static_cast<size_t>(num_top), raw_logits.size()),
+                 [&](size_t i) { return Weighted{raw_logits[i], static_cast<int32_t>(i)}; });
+  for (const Weighted& entry : top) result->top.push_back({entry.token, static_cast<float>(entry.weight - log_total)});
 }
 
 SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history,
                     std::mt19937_64& rng) {
-  const std::vector<float> raw = logits;  // the model's own distribution, for logprobs
-  ApplyPenalties(logits, params, history);
+  const bool wants_logprobs = params.chosen_logprob || params.num_logprobs > 0;
+  const bool penalised = !PenaltiesOff(params);
+  // Log-probabilities describe the model's own distribution, before penalties.
+  std::vector<float> raw;
+  if (wants_logprobs && penalised) raw = logits;
+  if (penalised) ApplyPenalties(logits, params, history);
   SampleResult result;
-  if (params.greedy()) {
-    result.token = Greedy(logits);
-  } else {
-    const auto candidates = Candidates(logits, params);
-    double total = 0;
-    for (const auto& candidate : candidates) total += candidate.first;
-    // 53 random bits -> uniform in [0, total); the walk is in a fixed order, so a seed fixes the draw.
-    const double draw = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
-    double cumulative = 0;
-    result.token = candidates.back().second;
-    for (const auto& candidate : candidates) {
-      cumulative += candidate.first;
-      if (draw < cumulative) {
-        result.token = candidate.second;
-        break;
-      }
-    }
-  }
-  FillLogprobs(raw, params.num_logprobs, &result);
+  result.token = params.greedy() ? Greedy(logits) : Draw(Candidates(logits, params), rng);
+  if (wants_logprobs) FillLogprobs(penalised ? raw : logits, params.num_logprobs, &result);
   return result;
 }
 

@@ -18,6 +18,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;    // subtracted once from each token already generated
   float frequency_penalty = 0.0f;   // subtracted per occurrence in the output
   int num_logprobs = 0;             // top-n alternatives to report per token
+  bool chosen_logprob = false;      // report the chosen token's log-probability (implied by num_logprobs > 0)
   bool greedy() const { return temperature == 0.0f; }
 };
 
@@ -43,6 +44,10 @@ struct SampleResult {
 // `logits` is modified in place (penalties and temperature applied).
 SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history,
                     std::mt19937_64& rng);
+
+// The tokens Sample can draw from these (already penalised) logits, in token order:
+// what top-k, min-p and top-p keep, less any whose weight underflows.
+std::vector<int32_t> SampleSupport(const std::vector<float>& logits, const SamplingParams& params);
 
 // Whether Sample's token is the raw logits' argmax (lowest id among ties): greedy with no
 // penalty changing the logits. Such requests need only the argmax from the model.

@@ -30,7 +30,6 @@ struct GenerationRequest {
   bool ignore_eos = false;
   int priority = 0;                      // lower runs first
   bool return_routing = false;
-  bool return_logprobs = false;
   bool skip_special_tokens = true;
   absl::Time deadline = absl::InfiniteFuture();
   std::string stats_tag;  // expert statistics can be filtered by this tag

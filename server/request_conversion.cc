@@ -67,6 +67,7 @@ absl::Status ReadSampling(const pb::GenerateRequest& request, SamplingParams* sa
   sampling->presence_penalty = request.presence_penalty();
   sampling->frequency_penalty = request.frequency_penalty();
   sampling->num_logprobs = static_cast<int>(request.logprobs());
+  sampling->chosen_logprob = request.return_logprobs() || request.logprobs() > 0;
   return absl::OkStatus();
 }
 
@@ -93,7 +94,6 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const pb::GenerateRequest&
   out.ignore_eos = request.ignore_eos();
   out.priority = request.priority();
   out.return_routing = request.return_routing();
-  out.return_logprobs = request.return_logprobs() || request.logprobs() > 0;
   out.skip_special_tokens = !request.keep_special_tokens();
   if (request.stats_tag().size() > 128) return FieldError("stats_tag", "at most 128 bytes");
   out.stats_tag = request.stats_tag();

@@ -2,8 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 #include <set>
 
 namespace mf {
@@ -110,6 +112,113 @@ TEST(SamplerTest, LogprobsComeFromTheRawLogits) {
   EXPECT_EQ(result.top[0].token, 3);
   EXPECT_NEAR(result.top[0].logprob, 3.0 - std::log(total), 1e-5);
   EXPECT_EQ(result.top[1].token, 0);
+}
+
+// What top-k, min-p and top-p keep, the plain way: the whole vocabulary sorted most likely
+// first (ties to the lower id), then each filter in turn.
+std::vector<int32_t> ReferenceSupport(const std::vector<float>& logits, const SamplingParams& params) {
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  std::vector<std::pair<float, int32_t>> ranked;  // (logit, token)
+  for (size_t token = 0; token < logits.size(); ++token) ranked.emplace_back(logits[token], static_cast<int32_t>(token));
+  std::sort(ranked.begin(), ranked.end(),
+            [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < ranked.size()) ranked.resize(static_cast<size_t>(params.top_k));
+  if (params.min_p > 0) {
+    const double floor = std::log(static_cast<double>(params.min_p));  // of the weight relative to the top one
+    std::erase_if(ranked, [&](const auto& c) { return (c.first - max_logit) / params.temperature < floor; });
+  }
+  std::vector<double> weights;
+  double total = 0;
+  for (const auto& c : ranked) {
+    weights.push_back(std::exp(static_cast<double>(c.first - max_logit) / params.temperature));
+    total += weights.back();
+  }
+  size_t keep = ranked.size();
+  if (params.top_p < 1.0f) {
+    double mass = 0;
+    keep = 0;
+    while (keep < ranked.size() && mass < params.top_p) mass += weights[keep++] / total;
+  }
+  std::vector<int32_t> tokens;
+  for (size_t i = 0; i < keep; ++i) tokens.push_back(ranked[i].second);
+  std::sort(tokens.begin(), tokens.end());
+  return tokens;
+}
+
+// Logits on a coarse grid, so that many tokens tie and tie-breaking by id decides.
+std::vector<float> GridLogits(int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> logit(0.0f, 2.5f);
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  for (float& value : logits) value = std::round(logit(rng) * 4.0f) / 4.0f;
+  return logits;
+}
+
+TEST(SamplerTest, SupportMatchesAFullSortOnLargeVocabulariesWithTies) {
+  std::mt19937_64 rng(2024);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int vocab = trial % 4 == 0 ? 50295 : 1 + static_cast<int>(rng() % 5000);
+    const std::vector<float> logits = GridLogits(vocab, rng());
+    SamplingParams params;
+    params.temperature = 0.3f + 1.5f * unit(rng);
+    const int filters = trial % 8;  // every combination of top-k, min-p and top-p
+    if (filters & 1) params.top_k = 1 + static_cast<int>(rng() % (trial % 3 == 0 ? 3000 : 60));
+    if (filters & 2) params.min_p = 0.3f * unit(rng);
+    if (filters & 4) params.top_p = 0.05f + 0.94f * unit(rng);
+    SCOPED_TRACE(::testing::Message() << "trial " << trial << ": vocab " << vocab << ", T " << params.temperature
+                                      << ", top_k " << params.top_k << ", min_p " << params.min_p << ", top_p "
+                                      << params.top_p);
+    EXPECT_EQ(SampleSupport(logits, params), ReferenceSupport(logits, params));
+  }
+}
+
+TEST(SamplerTest, DrawsFollowTheFilteredDistributionOnALargeVocabulary) {
+  // 2,000 draws from top-p 0.9 over a 50k vocabulary: every draw is in the support, and the
+  // most likely token's share matches its renormalised probability.
+  const std::vector<float> logits = GridLogits(50295, 5);
+  SamplingParams params;
+  params.temperature = 0.5f;
+  params.top_p = 0.9f;
+  const std::vector<int32_t> support = ReferenceSupport(logits, params);
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  double kept_mass = 0;
+  for (int32_t token : support) kept_mass += std::exp((logits[static_cast<size_t>(token)] - max_logit) / 0.5);
+  const int32_t top_token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  std::mt19937_64 rng(9);
+  int top_draws = 0;
+  constexpr int kDraws = 2000;
+  for (int i = 0; i < kDraws; ++i) {
+    std::vector<float> copy = logits;
+    const int32_t token = Sample(copy, params, TokenHistory{}, rng).token;
+    ASSERT_TRUE(std::binary_search(support.begin(), support.end(), token)) << token;
+    top_draws += token == top_token;
+  }
+  const double expected = 1.0 / kept_mass;  // the top token's weight is exp(0)
+  EXPECT_NEAR(static_cast<double>(top_draws) / kDraws, expected, 4 * std::sqrt(expected * (1 - expected) / kDraws));
+}
+
+TEST(SamplerTest, LogprobsOnALargeVocabularyMatchADoubleLogSoftmax) {
+  const std::vector<float> logits = GridLogits(50295, 11);
+  SamplingParams params;
+  params.temperature = 0;
+  params.num_logprobs = 20;
+  std::vector<float> copy = logits;
+  std::mt19937_64 rng(1);
+  const SampleResult result = Sample(copy, params, TokenHistory{}, rng);
+  double total = 0;
+  for (float logit : logits) total += std::exp(static_cast<double>(logit));
+  const std::vector<int32_t> top = ReferenceSupport(logits, SamplingParams{.temperature = 1.0f, .top_k = 20});
+  ASSERT_EQ(result.top.size(), 20u);
+  std::vector<int32_t> reported;
+  for (const TokenLogprob& entry : result.top) {
+    reported.push_back(entry.token);
+    EXPECT_NEAR(entry.logprob, logits[static_cast<size_t>(entry.token)] - std::log(total), 1e-5);
+  }
+  for (size_t i = 1; i < result.top.size(); ++i) EXPECT_GE(result.top[i - 1].logprob, result.top[i].logprob);
+  std::sort(reported.begin(), reported.end());
+  EXPECT_EQ(reported, top);
+  EXPECT_NEAR(result.logprob, logits[static_cast<size_t>(result.token)] - std::log(total), 1e-5);
 }
 
 }  // namespace

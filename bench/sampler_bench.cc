@@ -1,0 +1,72 @@
+// Host sampling cost per sequence and step on a GPT-2-sized vocabulary (50,295 logits),
+// one thread: the engine samples every row that is not plain greedy on the host.
+// Logits are drawn like a language model's: a few strong candidates over a long tail.
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "engine/sampler.h"
+
+namespace {
+
+constexpr int kVocab = 50295;
+
+std::vector<float> ModelLikeLogits(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> tail(0.0f, 2.0f);
+  std::vector<float> logits(kVocab);
+  for (float& logit : logits) logit = tail(rng);
+  std::uniform_int_distribution<int> token(0, kVocab - 1);
+  for (int strong = 0; strong < 20; ++strong) logits[static_cast<size_t>(token(rng))] += 12.0f - strong * 0.5f;
+  return logits;
+}
+
+void RunSample(benchmark::State& state, mf::SamplingParams params, bool penalties) {
+  const std::vector<float> source = ModelLikeLogits(1);
+  mf::TokenHistory history;
+  if (penalties) {
+    for (int32_t token = 0; token < 600; ++token) history.Add(token * 83 % kVocab, /*is_output=*/token % 3 == 0);
+  }
+  std::mt19937_64 rng(7);
+  std::vector<float> logits;
+  for (auto _ : state) {
+    logits = source;
+    benchmark::DoNotOptimize(mf::Sample(logits, params, history, rng).token);
+  }
+  state.SetItemsProcessed(state.iterations());  // sequences sampled
+}
+
+mf::SamplingParams Params(float temperature, int top_k, float top_p, float min_p, int num_logprobs = 0,
+                          bool logprob = false) {
+  mf::SamplingParams params;
+  params.temperature = temperature;
+  params.top_k = top_k;
+  params.top_p = top_p;
+  params.min_p = min_p;
+  params.num_logprobs = num_logprobs;
+  params.chosen_logprob = logprob || num_logprobs > 0;
+  return params;
+}
+
+void BM_Temperature(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 1.0f, 0.0f), false); }
+void BM_TopK50(benchmark::State& state) { RunSample(state, Params(0.8f, 50, 1.0f, 0.0f), false); }
+void BM_TopP095(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 0.95f, 0.0f), false); }
+void BM_TopK50TopP095(benchmark::State& state) { RunSample(state, Params(1.3f, 50, 0.95f, 0.0f), false); }
+void BM_MinP005(benchmark::State& state) { RunSample(state, Params(1.0f, 0, 1.0f, 0.05f), false); }
+void BM_TopPWithPenalties(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 0.9f, 0.0f), true); }
+void BM_TopPWithLogprobs5(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 0.9f, 0.0f, 5), false); }
+void BM_GreedyWithPenalties(benchmark::State& state) { RunSample(state, Params(0.0f, 0, 1.0f, 0.0f), true); }
+
+BENCHMARK(BM_Temperature);
+BENCHMARK(BM_TopK50);
+BENCHMARK(BM_TopP095);
+BENCHMARK(BM_TopK50TopP095);
+BENCHMARK(BM_MinP005);
+BENCHMARK(BM_TopPWithPenalties);
+BENCHMARK(BM_TopPWithLogprobs5);
+BENCHMARK(BM_GreedyWithPenalties);
+
+}  // namespace
+
+BENCHMARK_MAIN();
