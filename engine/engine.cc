@@ -25,6 +25,7 @@ Engine::Engine(std::unique_ptr<Model> model, std::shared_ptr<const Tokenizer> to
     experts_per_layer.push_back({model_->num_experts(layer, Mixture::kAttention), model_->num_experts(layer, Mixture::kMlp)});
   }
   expert_stats_ = std::make_unique<ExpertStats>(std::move(experts_per_layer));
+  sampling_pool_ = std::make_unique<WorkerPool>(std::max(0, config_.sampling_threads));
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
 }

@@ -20,6 +20,7 @@
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "engine/tokenizer.h"
+#include "engine/worker_pool.h"
 
 namespace mf {
 
@@ -27,6 +28,7 @@ struct EngineConfig {
   SchedulerConfig scheduler;
   int max_waiting = 1024;      // queued requests before RESOURCE_EXHAUSTED
   int max_context = 4096;      // prompt + generated tokens per sequence
+  int sampling_threads = 0;    // helpers sampling rows of large batches alongside the loop thread
   EngineObserver* observer = nullptr;  // not owned; outlives the engine
 };
 
@@ -79,6 +81,9 @@ class Engine {
   void SweepCancelledAndExpired();
   void RunStep(const SchedulePlan& plan);
   void Postprocess(const SchedulePlan& plan, const ForwardOutput& output);
+  // The next token of `sequence` from row `row` of the step's output; safe to call for
+  // different sequences at once.
+  static SampleResult SampleRow(Sequence& sequence, const ForwardOutput& output, int row);
   void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);
@@ -94,6 +99,7 @@ class Engine {
   EngineConfig config_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ExpertStats> expert_stats_;
+  std::unique_ptr<WorkerPool> sampling_pool_;
   double step_seconds_ = 0, metrics_seconds_ = 0;  // loop thread only; published in stats_
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;  // loop thread only
 

@@ -77,24 +77,48 @@ void Engine::RecordStatistics(const SchedulePlan& plan, const ForwardOutput& out
 }
 
 void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) {
+  // Chunks that end at a new token: a decode, or the last chunk of a prompt.
+  std::vector<size_t> finishing;
+  int full_rows = 0;
   for (size_t index = 0; index < plan.chunks.size(); ++index) {
-    Sequence& sequence = *plan.chunks[index].sequence;
-    if (sequence.num_pending() > 0) continue;  // a prefill chunk that did not reach the end
-    const int row = output.logit_row_offsets[index + 1] - 1;
-    SampleResult sample;
-    if (output.has_full_logits(row)) {
-      std::vector<float> logits(output.logits_row(row), output.logits_row(row) + output.vocab_size);
-      sample = Sample(logits, sequence.request.sampling, sequence.history, sequence.rng);
-    } else {
-      sample.token = output.argmax[static_cast<size_t>(row)];  // what Sample picks for plain greedy requests
-    }
+    if (plan.chunks[index].sequence->num_pending() > 0) continue;  // a prefill chunk that did not reach the end
+    finishing.push_back(index);
+    full_rows += output.has_full_logits(output.logit_row_offsets[index + 1] - 1) ? 1 : 0;
+  }
+  // Each row touches only its own sequence's generator and history, so rows sample in
+  // parallel; a few rows are not worth waking the helpers for.
+  std::vector<SampleResult> samples(finishing.size());
+  auto sample_row = [&](int i) {
+    const size_t index = finishing[static_cast<size_t>(i)];
+    samples[static_cast<size_t>(i)] = SampleRow(*plan.chunks[index].sequence, output, output.logit_row_offsets[index + 1] - 1);
+  };
+  constexpr int kMinRowsForHelpers = 8;
+  if (full_rows >= kMinRowsForHelpers) {
+    sampling_pool_->ParallelFor(static_cast<int>(finishing.size()), sample_row);
+  } else {
+    for (size_t i = 0; i < finishing.size(); ++i) sample_row(static_cast<int>(i));
+  }
 
+  for (size_t i = 0; i < finishing.size(); ++i) {
+    const size_t index = finishing[i];
+    Sequence& sequence = *plan.chunks[index].sequence;
     GenerationUpdate update;
-    if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(sample);
+    if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(samples[i]);
     if (sequence.request.return_routing) update.routing.push_back(RoutingAt(output, output.token_offsets[index + 1] - 1));
-    const bool finished = AppendToken(sequence, sample, update);
+    const bool finished = AppendToken(sequence, samples[i], update);
     if (!finished) sequence.on_update(std::move(update));
   }
+}
+
+SampleResult Engine::SampleRow(Sequence& sequence, const ForwardOutput& output, int row) {
+  SampleResult sample;
+  if (output.has_full_logits(row)) {
+    std::vector<float> logits(output.logits_row(row), output.logits_row(row) + output.vocab_size);
+    sample = Sample(logits, sequence.request.sampling, sequence.history, sequence.rng);
+  } else {
+    sample.token = output.argmax[static_cast<size_t>(row)];  // what Sample picks for plain greedy requests
+  }
+  return sample;
 }
 
 // Appends a sampled token and releases its text. Returns true (and finishes the

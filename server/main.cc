@@ -4,9 +4,11 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
@@ -28,6 +30,8 @@ ABSL_FLAG(int32_t, max_batch_tokens, 2048, "Tokens per engine step, all requests
 ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
 ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, max_context, 4096, "Prompt + generated tokens per request");
+ABSL_FLAG(int32_t, sampling_threads, -1,
+          "Threads that sample large batches with the engine loop (-1: half the cores, at most 8; 0: the loop alone)");
 ABSL_FLAG(int32_t, drain_delay_seconds, 0,
           "On SIGTERM, keep serving new requests this long (reporting NOT_SERVING) before refusing them, "
           "so load balancers stop routing here first");
@@ -79,6 +83,10 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   config.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
   config.max_waiting = absl::GetFlag(FLAGS_max_queued);
   config.max_context = absl::GetFlag(FLAGS_max_context);
+  config.sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
+  if (config.sampling_threads < 0) {
+    config.sampling_threads = std::min(8, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+  }
   config.observer = observer;
   return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
 }
