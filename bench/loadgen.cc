@@ -25,6 +25,9 @@ ABSL_FLAG(int32_t, requests, 200, "total requests to send");
 ABSL_FLAG(int32_t, prompt_tokens, 128, "prompt length (random token ids)");
 ABSL_FLAG(int32_t, max_new_tokens, 64, "tokens generated per request");
 ABSL_FLAG(uint64_t, seed, 1, "seed for prompts and arrival times");
+ABSL_FLAG(double, temperature, 0, "sampling temperature (0: greedy)");
+ABSL_FLAG(int32_t, top_k, 0, "top-k (0: off)");
+ABSL_FLAG(double, top_p, 1, "top-p");
 
 namespace {
 
@@ -57,7 +60,10 @@ class LoadGenerator {
       request.mutable_token_ids()->add_ids(static_cast<uint32_t>(rng() % vocab_size_));
     }
     request.set_max_new_tokens(static_cast<uint32_t>(absl::GetFlag(FLAGS_max_new_tokens)));
-    request.set_temperature(0);
+    request.set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+    request.set_top_k(static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k)));
+    request.set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+    request.set_seed(seed);
     request.set_ignore_eos(true);
     grpc::ClientContext context;
     RequestResult result;

@@ -13,18 +13,20 @@ namespace {
 
 constexpr int kVocab = 50295;
 
-std::vector<float> ModelLikeLogits(uint64_t seed) {
+std::vector<float> ModelLikeLogits(uint64_t seed, bool flat = false) {
+  const float spread = flat ? 0.05f : 2.0f;
   std::mt19937_64 rng(seed);
-  std::normal_distribution<float> tail(0.0f, 2.0f);
+  std::normal_distribution<float> tail(0.0f, spread);
   std::vector<float> logits(kVocab);
   for (float& logit : logits) logit = tail(rng);
   std::uniform_int_distribution<int> token(0, kVocab - 1);
-  for (int strong = 0; strong < 20; ++strong) logits[static_cast<size_t>(token(rng))] += 12.0f - strong * 0.5f;
+  for (int strong = 0; strong < (flat ? 0 : 20); ++strong) logits[static_cast<size_t>(token(rng))] += 12.0f - strong * 0.5f;
   return logits;
 }
 
-void RunSample(benchmark::State& state, mf::SamplingParams params, bool penalties) {
-  const std::vector<float> source = ModelLikeLogits(1);
+void RunSample(benchmark::State& state, mf::SamplingParams params, bool penalties, bool flat = false) {
+  // Flat: an untrained model's logits, where top-p keeps most of the vocabulary.
+  const std::vector<float> source = ModelLikeLogits(1, flat);
   mf::TokenHistory history;
   if (penalties) {
     for (int32_t token = 0; token < 600; ++token) history.Add(token * 83 % kVocab, /*is_output=*/token % 3 == 0);
@@ -51,6 +53,7 @@ mf::SamplingParams Params(float temperature, int top_k, float top_p, float min_p
 }
 
 void BM_Temperature(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 1.0f, 0.0f), false); }
+void BM_TopP095Flat(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 0.95f, 0.0f), false, true); }
 void BM_TopK50(benchmark::State& state) { RunSample(state, Params(0.8f, 50, 1.0f, 0.0f), false); }
 void BM_TopP095(benchmark::State& state) { RunSample(state, Params(0.8f, 0, 0.95f, 0.0f), false); }
 void BM_TopK50TopP095(benchmark::State& state) { RunSample(state, Params(1.3f, 50, 0.95f, 0.0f), false); }
@@ -73,7 +76,8 @@ void BM_Batch256(benchmark::State& state) {
   std::vector<int32_t> tokens(kRows);
   for (auto _ : state) {
     pool.ParallelFor(kRows, [&](int row) {
-      std::vector<float> logits = sources[static_cast<size_t>(row) % sources.size()];
+      thread_local std::vector<float> logits;  // as the engine keeps it
+      logits = sources[static_cast<size_t>(row) % sources.size()];
       tokens[static_cast<size_t>(row)] = mf::Sample(logits, params, history, rngs[static_cast<size_t>(row)]).token;
     });
     benchmark::DoNotOptimize(tokens.data());
@@ -84,6 +88,7 @@ void BM_Batch256(benchmark::State& state) {
 // At least a second each: the first rows pay for fresh pages.
 BENCHMARK(BM_Batch256)->Arg(0)->Arg(1)->Arg(3)->Arg(7)->UseRealTime()->MinTime(1.0)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Temperature);
+BENCHMARK(BM_TopP095Flat);
 BENCHMARK(BM_TopK50);
 BENCHMARK(BM_TopP095);
 BENCHMARK(BM_TopK50TopP095);

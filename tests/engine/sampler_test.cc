@@ -145,12 +145,13 @@ std::vector<int32_t> ReferenceSupport(const std::vector<float>& logits, const Sa
   return tokens;
 }
 
-// Logits on a coarse grid, so that many tokens tie and tie-breaking by id decides.
-std::vector<float> GridLogits(int vocab, uint64_t seed) {
+// Logits on a grid, so that many tokens tie and tie-breaking by id decides. A small
+// spread is an untrained model: nearly flat, top-p keeps most of the vocabulary.
+std::vector<float> GridLogits(int vocab, uint64_t seed, float spread = 2.5f, float step = 0.25f) {
   std::mt19937_64 rng(seed);
-  std::normal_distribution<float> logit(0.0f, 2.5f);
+  std::normal_distribution<float> logit(0.0f, spread);
   std::vector<float> logits(static_cast<size_t>(vocab));
-  for (float& value : logits) value = std::round(logit(rng) * 4.0f) / 4.0f;
+  for (float& value : logits) value = std::round(logit(rng) / step) * step;
   return logits;
 }
 
@@ -159,17 +160,29 @@ TEST(SamplerTest, SupportMatchesAFullSortOnLargeVocabulariesWithTies) {
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   for (int trial = 0; trial < 200; ++trial) {
     const int vocab = trial % 4 == 0 ? 50295 : 1 + static_cast<int>(rng() % 5000);
-    const std::vector<float> logits = GridLogits(vocab, rng());
+    const bool flat = trial % 5 == 1;
+    const std::vector<float> logits = flat ? GridLogits(vocab, rng(), 0.05f, 0.01f) : GridLogits(vocab, rng());
     SamplingParams params;
     params.temperature = 0.3f + 1.5f * unit(rng);
     const int filters = trial % 8;  // every combination of top-k, min-p and top-p
     if (filters & 1) params.top_k = 1 + static_cast<int>(rng() % (trial % 3 == 0 ? 3000 : 60));
     if (filters & 2) params.min_p = 0.3f * unit(rng);
     if (filters & 4) params.top_p = 0.05f + 0.94f * unit(rng);
-    SCOPED_TRACE(::testing::Message() << "trial " << trial << ": vocab " << vocab << ", T " << params.temperature
+    SCOPED_TRACE(::testing::Message() << "trial " << trial << (flat ? " (flat)" : "") << ": vocab " << vocab << ", T " << params.temperature
                                       << ", top_k " << params.top_k << ", min_p " << params.min_p << ", top_p "
                                       << params.top_p);
-    EXPECT_EQ(SampleSupport(logits, params), ReferenceSupport(logits, params));
+    const std::vector<int32_t> support = SampleSupport(logits, params), reference = ReferenceSupport(logits, params);
+    EXPECT_EQ(support, reference);
+    if (support != reference) {
+      std::vector<int32_t> extra, missing;
+      std::set_difference(support.begin(), support.end(), reference.begin(), reference.end(), std::back_inserter(extra));
+      std::set_difference(reference.begin(), reference.end(), support.begin(), support.end(), std::back_inserter(missing));
+      std::cerr << "sizes " << support.size() << " vs " << reference.size() << ", extra";
+      for (int32_t t : extra) std::cerr << " " << t << ":" << logits[t];
+      std::cerr << "; missing";
+      for (int32_t t : missing) std::cerr << " " << t << ":" << logits[t];
+      std::cerr << "\n";
+    }
   }
 }
 
