@@ -2,6 +2,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <sched.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -31,7 +32,7 @@ ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
 ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, max_context, 4096, "Prompt + generated tokens per request");
 ABSL_FLAG(int32_t, sampling_threads, -1,
-          "Threads that sample large batches with the engine loop (-1: half the cores, at most 8; 0: the loop alone)");
+          "Threads that sample large batches with the engine loop (-1: half the usable cores, at most 8; 0: the loop alone)");
 ABSL_FLAG(int32_t, drain_delay_seconds, 0,
           "On SIGTERM, keep serving new requests this long (reporting NOT_SERVING) before refusing them, "
           "so load balancers stop routing here first");
@@ -66,6 +67,13 @@ std::shared_ptr<grpc::ServerCredentials> Credentials() {
   return grpc::SslServerCredentials(options);
 }
 
+// Cores this process may run on (its CPU affinity, as a container's cpuset sets it).
+int UsableCores() {
+  cpu_set_t cores;
+  if (sched_getaffinity(0, sizeof(cores), &cores) == 0) return CPU_COUNT(&cores);
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
 std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   const mf::ModelSource source = mf::ModelSourceFromFlags();
   auto model = mf::LoadModel(source);
@@ -85,7 +93,7 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   config.max_context = absl::GetFlag(FLAGS_max_context);
   config.sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
   if (config.sampling_threads < 0) {
-    config.sampling_threads = std::min(8, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+    config.sampling_threads = std::min(8, UsableCores() / 2);
   }
   config.observer = observer;
   return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
