@@ -198,6 +198,8 @@ void Engine::PublishStats() {
   stats_.preemptions = scheduler_->num_preemptions();
   stats_.preempted_waiting = scheduler_->num_preempted_waiting();
   stats_.step_seconds = step_seconds_;
+  stats_.forward_seconds = forward_seconds_;
+  stats_.sampling_seconds = sampling_seconds_;
   stats_.metrics_seconds = metrics_seconds_;
   idle_ = scheduler_->idle() && inbox_.empty();
 }

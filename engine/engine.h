@@ -43,6 +43,8 @@ struct EngineStats {
   int64_t steps = 0;
   int preempted_waiting = 0;      // waiting to be recomputed after a preemption
   double step_seconds = 0;        // total time in engine steps
+  double forward_seconds = 0;     // of which the forward pass
+  double sampling_seconds = 0;    // of which choosing the next tokens from the logits
   double metrics_seconds = 0;     // of which recording statistics and metrics
   bool draining = false;
 };
@@ -100,7 +102,8 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ExpertStats> expert_stats_;
   std::unique_ptr<WorkerPool> sampling_pool_;
-  double step_seconds_ = 0, metrics_seconds_ = 0;  // loop thread only; published in stats_
+  // Loop thread only; published in stats_.
+  double step_seconds_ = 0, forward_seconds_ = 0, sampling_seconds_ = 0, metrics_seconds_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;  // loop thread only
 
   mutable absl::Mutex mutex_;

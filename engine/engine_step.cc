@@ -43,7 +43,9 @@ void Engine::RunStep(const SchedulePlan& plan) {
                                                      static_cast<size_t>(chunk.num_tokens)),
         sequence.num_cached, sequence.block_table, /*all_logits=*/false, NeedsFullLogits(sequence.request)});
   }
+  const absl::Time forward_start = absl::Now();
   absl::StatusOr<ForwardOutput> output = model_->Forward(batch);
+  forward_seconds_ += Seconds(absl::Now() - forward_start);
   if (!output.ok()) {
     // A failed step leaves the cache contents undefined for these sequences: fail them, keep serving others.
     for (const ScheduledChunk& chunk : plan.chunks) {
@@ -87,6 +89,7 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
   }
   // Each row touches only its own sequence's generator and history, so rows sample in
   // parallel; a few rows are not worth waking the helpers for.
+  const absl::Time sampling_start = absl::Now();
   std::vector<SampleResult> samples(finishing.size());
   auto sample_row = [&](int i) {
     const size_t index = finishing[static_cast<size_t>(i)];
@@ -98,6 +101,7 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
   } else {
     for (size_t i = 0; i < finishing.size(); ++i) sample_row(static_cast<int>(i));
   }
+  sampling_seconds_ += Seconds(absl::Now() - sampling_start);
 
   for (size_t i = 0; i < finishing.size(); ++i) {
     const size_t index = finishing[i];

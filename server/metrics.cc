@@ -77,6 +77,9 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
             static_cast<double>(stats.preemptions));
     counter("moduleformer_engine_steps_total", "Engine steps run.", static_cast<double>(stats.steps));
     counter("moduleformer_engine_busy_seconds_total", "Time spent in engine steps.", stats.step_seconds);
+    counter("moduleformer_forward_seconds_total", "Time engine steps spent in the forward pass.", stats.forward_seconds);
+    counter("moduleformer_sampling_seconds_total", "Time engine steps spent choosing tokens from the logits.",
+            stats.sampling_seconds);
     counter("moduleformer_metrics_recording_seconds_total",
             "Time engine steps spent recording expert statistics and metrics.", stats.metrics_seconds);
     families.push_back(Family("moduleformer_device_memory_bytes", "Backend memory held, by use.", MetricType::Gauge));

@@ -76,6 +76,14 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(self.value("moduleformer_requests_running"), 0)
         self.assertGreater(self.value("moduleformer_device_memory_bytes", kind="weights"), 0)
 
+    def test_step_time_is_split_into_its_parts(self):
+        busy = self.value("moduleformer_engine_busy_seconds_total")
+        parts = [self.value(f"moduleformer_{part}_seconds_total") for part in ("forward", "sampling")]
+        parts.append(self.value("moduleformer_metrics_recording_seconds_total"))
+        self.assertTrue(all(part is not None and part >= 0 for part in parts), parts)
+        self.assertGreater(parts[0], 0)  # the forward passes of the traffic above
+        self.assertLessEqual(sum(parts), busy)
+
     def test_expert_counters_match_the_reference_routing(self):
         expected = routing_counts(self.cases)
         info = self.server.stub.ModelInfo(pb.ModelInfoRequest(), timeout=10)
