@@ -3,6 +3,7 @@
 // device's measured limits (copy bandwidth, bf16 GEMM rate) for the ratios.
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <cstdio>
 #include <vector>
 
@@ -11,6 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/model_loader.h"
+#include "engine/sampler.h"
+#include "engine/worker_pool.h"
 #include "server/command_line.h"
 #include "server/model_flags.h"
 #ifdef MF_WITH_CUDA
@@ -29,6 +32,10 @@ ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the en
 ABSL_FLAG(bool, full_logits, false,
           "Download every sequence's row of logits, as the engine does for sampled requests (greedy ones take the "
           "argmax on the device)");
+ABSL_FLAG(bool, sample, false,
+          "With --full-logits: sample every row on the host as the engine does for sampled requests (temperature 0.8, "
+          "top-p 0.95), on the loop thread and --sampling-threads helpers, inside the timed step");
+ABSL_FLAG(int32_t, sampling_threads, 0, "Helpers for --sample");
 ABSL_FLAG(bool, profile_decode, false,
           "Bracket the timed decode steps with cudaProfilerStart/Stop, for `ncu --profile-from-start off`");
 ABSL_FLAG(bool, profile_prefill, false, "Bracket the timed prefill batches likewise");
@@ -62,6 +69,25 @@ Batch MakeBatch(mf::Model& model, int count, int length, int extra) {
   return batch;
 }
 
+// The engine's host work for sampled requests: every downloaded row through the sampler.
+void SampleRows(const mf::ForwardOutput& output) {
+  static mf::WorkerPool pool(absl::GetFlag(FLAGS_sampling_threads));
+  static std::vector<std::mt19937_64> generators;
+  const int rows = static_cast<int>(output.logit_row_offsets.size()) - 1;
+  while (static_cast<int>(generators.size()) < rows) generators.emplace_back(generators.size());
+  mf::SamplingParams params;
+  params.temperature = 0.8f;
+  params.top_p = 0.95f;
+  const mf::TokenHistory history;
+  pool.ParallelFor(rows, [&](int sequence) {
+    const int row = output.logit_row_offsets[static_cast<size_t>(sequence) + 1] - 1;
+    if (!output.has_full_logits(row)) return;
+    thread_local std::vector<float> logits;
+    logits.assign(output.logits_row(row), output.logits_row(row) + output.vocab_size);
+    mf::Sample(logits, params, history, generators[static_cast<size_t>(sequence)]);
+  });
+}
+
 double Run(mf::Model& model, const Batch& batch, int tokens_each) {
   mf::ForwardBatch forward;
   forward.record_routing = absl::GetFlag(FLAGS_record_routing);
@@ -73,12 +99,12 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each) {
   }
   const auto start = Clock::now();
   auto output = model.Forward(forward);
-  const double seconds = Seconds(start);
   if (!output.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(output.status().message()).c_str());
     std::exit(1);
   }
-  return seconds;
+  if (absl::GetFlag(FLAGS_sample)) SampleRows(*output);
+  return Seconds(start);
 }
 
 // Profilers attached with collection off record the timed steps only (after warm-ups).

@@ -58,6 +58,10 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --full-logits \
     --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 --prefill-prompts 0 2>&1 \
     | sed 's/^/full logits download: /' | tee -a "$OUT/step_bench.txt" || status=1
+  # ... and sampling them on the host (temperature 0.8, top-p 0.95) with 8 helper threads, as the server does.
+  "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --full-logits --sample --sampling-threads 8 \
+    --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 --prefill-prompts 0 2>&1 \
+    | sed 's/^/host sampling: /' | tee -a "$OUT/step_bench.txt" || status=1
   # Where the time goes (CUDA events per backend operation), one workload at a time.
   if [ -n "${OP_TIMING:-}" ]; then
     for workload in "--decode-batches 1 --prefill-prompts 0" "--decode-batches 256 --prefill-prompts 0" \
