@@ -33,6 +33,8 @@ ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOU
 ABSL_FLAG(int32_t, max_context, 4096, "Prompt + generated tokens per request");
 ABSL_FLAG(int32_t, sampling_threads, -1,
           "Threads that sample large batches with the engine loop (-1: half the usable cores, at most 8; 0: the loop alone)");
+ABSL_FLAG(std::string, request_log, "",
+          "Log every finished Generate/Stream call as a JSON line to stdout, stderr or this file (empty: no log)");
 ABSL_FLAG(int32_t, drain_delay_seconds, 0,
           "On SIGTERM, keep serving new requests this long (reporting NOT_SERVING) before refusing them, "
           "so load balancers stop routing here first");
@@ -133,8 +135,18 @@ int main(int argc, char** argv) {
       std::ofstream(absl::GetFlag(FLAGS_metrics_port_file)) << metrics->port() << "\n";
     }
   }
+  // Outlives the service: calls still finishing during shutdown write to it.
+  std::unique_ptr<mf::server::RequestLog> request_log;
+  if (!absl::GetFlag(FLAGS_request_log).empty()) {
+    auto opened = mf::server::RequestLog::Open(absl::GetFlag(FLAGS_request_log));
+    if (!opened.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(opened.status().message()).c_str());
+      return 1;
+    }
+    request_log = *std::move(opened);
+  }
   mf::server::ModuleFormerService service(*engine, model_name, source.device,
-                                          export_metrics ? metrics.get() : nullptr);
+                                          export_metrics ? metrics.get() : nullptr, request_log.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

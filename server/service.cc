@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <iterator>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -18,6 +19,45 @@ void FinishCounted(Reactor* reactor, ServerMetrics* metrics, const char* rpc, co
   if (metrics != nullptr) metrics->CountRequest(rpc, status.error_code());
   reactor->Finish(status);
 }
+
+const char* StatusCodeName(grpc::StatusCode code) {
+  static constexpr const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+                                           "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  const int index = static_cast<int>(code);
+  return index >= 0 && index < static_cast<int>(std::size(kNames)) ? kNames[index] : "UNKNOWN";
+}
+
+// A generation call's line in the request log, if there is one, and its finish.
+class CallLog {
+ public:
+  CallLog(RequestLog* log, const char* rpc, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
+      : log_(log), rpc_(rpc) {
+    if (log_ == nullptr) return;
+    record_.rpc = rpc;
+    record_.peer = context->peer();
+    record_.stats_tag = request.stats_tag();
+  }
+  // Engine thread, before the call finishes.
+  void TakeFinal(const GenerationUpdate& final_update) {
+    if (log_ != nullptr) record_.TakeFinal(final_update);
+  }
+  template <typename Reactor>
+  void Finish(Reactor* reactor, ServerMetrics* metrics, const grpc::Status& status) {
+    if (log_ != nullptr) {
+      record_.code = StatusCodeName(status.error_code());
+      record_.error = status.error_message();
+      log_->Write(RequestLine(record_));
+    }
+    FinishCounted(reactor, metrics, rpc_, status);
+  }
+
+ private:
+  RequestLog* log_;
+  const char* rpc_;
+  CallRecord record_;
+};
 
 absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   const auto deadline = context->deadline();
@@ -59,12 +99,12 @@ class GuardedRequest {
 // Unary Generate: accumulates the updates into the response, finishes on the last.
 class GenerateReactor : public grpc::ServerUnaryReactor {
  public:
-  GenerateReactor(Engine& engine, ServerMetrics* metrics, grpc::CallbackServerContext* context,
+  GenerateReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
                   const pb::GenerateRequest& request, pb::GenerateResponse* response)
-      : engine_(engine), metrics_(metrics), response_(response) {
+      : engine_(engine), metrics_(metrics), response_(response), call_log_(log, "Generate", context, request) {
     absl::Status submitted = request_.Submit(engine, context, request,
                                              [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
-    if (!submitted.ok()) FinishCounted(this, metrics_, "Generate", ToGrpcStatus(submitted));
+    if (!submitted.ok()) call_log_.Finish(this, metrics_, ToGrpcStatus(submitted));
   }
 
   void OnCancel() override { request_.Cancel(engine_); }
@@ -77,13 +117,15 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
       absl::MutexLock lock(&request_.mutex());  // waits for the constructor to finish
       AppendUpdate(update, response_);
       if (!update.finished) return;
+      call_log_.TakeFinal(update);
     }
-    FinishCounted(this, metrics_, "Generate", ToGrpcStatus(update.status));
+    call_log_.Finish(this, metrics_, ToGrpcStatus(update.status));
   }
 
   Engine& engine_;
   ServerMetrics* metrics_;
   pb::GenerateResponse* response_;
+  CallLog call_log_;
   GuardedRequest request_;
 };
 
@@ -91,12 +133,12 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
 // that arrive during a write queue up; the final message is followed by Finish.
 class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
  public:
-  StreamReactor(Engine& engine, ServerMetrics* metrics, grpc::CallbackServerContext* context,
+  StreamReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
                 const pb::GenerateRequest& request)
-      : engine_(engine), metrics_(metrics) {
+      : engine_(engine), metrics_(metrics), call_log_(log, "Stream", context, request) {
     absl::Status submitted = request_.Submit(engine, context, request,
                                              [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
-    if (!submitted.ok()) FinishCounted(this, metrics_, "Stream", ToGrpcStatus(submitted));
+    if (!submitted.ok()) call_log_.Finish(this, metrics_, ToGrpcStatus(submitted));
   }
 
   void OnWriteDone(bool ok) override {
@@ -120,6 +162,7 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
       if (update.finished) {
         final_received_ = true;
         final_status_ = ToGrpcStatus(update.status);
+        call_log_.TakeFinal(update);
       }
     }
     Pump();
@@ -144,11 +187,12 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
       }
     }
     if (action == Action::kWrite) StartWrite(&current_);
-    if (action == Action::kFinish) FinishCounted(this, metrics_, "Stream", final_status_);
+    if (action == Action::kFinish) call_log_.Finish(this, metrics_, final_status_);
   }
 
   Engine& engine_;
   ServerMetrics* metrics_;
+  CallLog call_log_;  // its final record is written under mutex_, read after
   GuardedRequest request_;
   absl::Mutex mutex_;
   std::deque<pb::StreamResponse> pending_ ABSL_GUARDED_BY(mutex_);
@@ -165,12 +209,12 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
 grpc::ServerUnaryReactor* ModuleFormerService::Generate(grpc::CallbackServerContext* context,
                                                         const pb::GenerateRequest* request,
                                                         pb::GenerateResponse* response) {
-  return new GenerateReactor(engine_, metrics_, context, *request, response);
+  return new GenerateReactor(engine_, metrics_, request_log_, context, *request, response);
 }
 
 grpc::ServerWriteReactor<pb::StreamResponse>* ModuleFormerService::Stream(grpc::CallbackServerContext* context,
                                                                           const pb::GenerateRequest* request) {
-  return new StreamReactor(engine_, metrics_, context, *request);
+  return new StreamReactor(engine_, metrics_, request_log_, context, *request);
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::Tokenize(grpc::CallbackServerContext* context,

@@ -8,15 +8,17 @@
 #include "engine/engine.h"
 #include "moduleformer/v1/moduleformer.grpc.pb.h"
 #include "server/metrics.h"
+#include "server/request_log.h"
 
 namespace mf::server {
 
 class ModuleFormerService final : public moduleformer::v1::ModuleFormer::CallbackService {
  public:
-  // `metrics` may be null (no exporter).
-  ModuleFormerService(Engine& engine, std::string model_name, std::string backend_name, ServerMetrics* metrics)
+  // `metrics` (no exporter) and `request_log` (no log) may be null.
+  ModuleFormerService(Engine& engine, std::string model_name, std::string backend_name, ServerMetrics* metrics,
+                      RequestLog* request_log = nullptr)
       : engine_(engine), model_name_(std::move(model_name)), backend_name_(std::move(backend_name)),
-        metrics_(metrics) {}
+        metrics_(metrics), request_log_(request_log) {}
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const moduleformer::v1::GenerateRequest* request,
@@ -40,6 +42,7 @@ class ModuleFormerService final : public moduleformer::v1::ModuleFormer::Callbac
   std::string model_name_;
   std::string backend_name_;
   ServerMetrics* metrics_;
+  RequestLog* request_log_;
 };
 
 }  // namespace mf::server

@@ -1,4 +1,5 @@
 """Health, reflection, TLS, and draining on SIGTERM."""
+import json
 import os
 import subprocess
 import tempfile
@@ -92,6 +93,41 @@ class LifecycleTest(unittest.TestCase):
                                      "--port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=60)
             self.assertNotEqual(result.returncode, 0, device)
             self.assertIn("--device", result.stderr, device)
+
+    def test_request_log_has_a_json_line_per_generation_call(self):
+        log_path = os.path.join(tempfile.mkdtemp(prefix="mf-request-log-"), "requests.jsonl")
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--request-log", log_path)
+        try:
+            server.stub.Generate(harness.greedy_request([1, 2, 3], 4), timeout=30)
+            streamed = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5, 6]), max_new_tokens=3, temperature=0.0,
+                                          ignore_eos=True, stats_tag="nightly")
+            tokens = [t for message in server.stub.Stream(streamed, timeout=30) for t in message.token_ids]
+            self.assertEqual(len(tokens), 3)
+            with self.assertRaises(grpc.RpcError):
+                server.stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1]), top_p=2.0), timeout=10)
+        finally:
+            server.close()  # the log is complete once the server has exited
+        with open(log_path) as handle:
+            lines = [json.loads(line) for line in handle]
+        self.assertEqual([(line["rpc"], line["code"]) for line in lines],
+                         [("Generate", "OK"), ("Stream", "OK"), ("Generate", "INVALID_ARGUMENT")])
+        generated, streamed_line, refused = lines
+        self.assertEqual((generated["prompt_tokens"], generated["completion_tokens"], generated["finish_reason"]),
+                         (3, 4, "length"))
+        self.assertEqual((streamed_line["prompt_tokens"], streamed_line["completion_tokens"]), (2, 3))
+        self.assertEqual(streamed_line["stats_tag"], "nightly")
+        self.assertGreater(generated["total_seconds"], 0)
+        self.assertGreaterEqual(generated["total_seconds"], generated["time_to_first_token_seconds"])
+        self.assertTrue(generated["peer"].startswith("ipv4:127.0.0.1:"), generated["peer"])
+        self.assertIn("top_p", refused["error"])
+        self.assertRegex(generated["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+    def test_an_unwritable_request_log_fails_at_startup_naming_the_flag(self):
+        result = subprocess.run([harness.SERVER, "--model", harness.reference_dir("molm-tiny"), "--port", "0",
+                                 "--metrics-port", "-1", "--request-log", "/nonexistent/dir/requests.jsonl"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--request-log", result.stderr)
 
 
 if __name__ == "__main__":
