@@ -71,9 +71,10 @@ SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, co
                     std::mt19937_64& rng) {
   const bool wants_logprobs = params.chosen_logprob || params.num_logprobs > 0;
   const bool penalised = !PenaltiesOff(params);
-  // Log-probabilities describe the model's own distribution, before penalties.
-  std::vector<float> raw;
-  if (wants_logprobs && penalised) raw = logits;
+  // Log-probabilities describe the model's own distribution, before penalties. Reused per
+  // thread, like the other vocabulary-sized buffers.
+  thread_local std::vector<float> raw;
+  if (wants_logprobs && penalised) raw.assign(logits.begin(), logits.end());
   if (penalised) ApplyPenalties(logits, params, history);
   SampleResult result;
   result.token = params.greedy() ? Greedy(logits) : DrawToken(FilteredCandidates(logits, params), rng);

@@ -34,6 +34,9 @@ struct CallRecord {
   void TakeFinal(const GenerationUpdate& final_update);
 };
 
+// "OK", "INVALID_ARGUMENT", ... for a gRPC status code.
+const char* StatusCodeName(int code);
+
 // The JSON line for a record, with the time it is written (UTC, RFC 3339).
 std::string RequestLine(const CallRecord& record);
 

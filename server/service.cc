@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <deque>
-#include <iterator>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -18,15 +17,6 @@ template <typename Reactor>
 void FinishCounted(Reactor* reactor, ServerMetrics* metrics, const char* rpc, const grpc::Status& status) {
   if (metrics != nullptr) metrics->CountRequest(rpc, status.error_code());
   reactor->Finish(status);
-}
-
-const char* StatusCodeName(grpc::StatusCode code) {
-  static constexpr const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-                                           "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                           "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-                                           "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const int index = static_cast<int>(code);
-  return index >= 0 && index < static_cast<int>(std::size(kNames)) ? kNames[index] : "UNKNOWN";
 }
 
 // A generation call's line in the request log, if there is one, and its finish.
@@ -46,7 +36,7 @@ class CallLog {
   template <typename Reactor>
   void Finish(Reactor* reactor, ServerMetrics* metrics, const grpc::Status& status) {
     if (log_ != nullptr) {
-      record_.code = StatusCodeName(status.error_code());
+      record_.code = StatusCodeName(static_cast<int>(status.error_code()));
       record_.error = status.error_message();
       log_->Write(RequestLine(record_));
     }
