@@ -76,9 +76,9 @@ void BM_Batch256(benchmark::State& state) {
   std::vector<int32_t> tokens(kRows);
   for (auto _ : state) {
     pool.ParallelFor(kRows, [&](int row) {
-      thread_local std::vector<float> logits;  // as the engine keeps it
-      logits = sources[static_cast<size_t>(row) % sources.size()];
-      tokens[static_cast<size_t>(row)] = mf::Sample(logits, params, history, rngs[static_cast<size_t>(row)]).token;
+      const std::vector<float>& logits = sources[static_cast<size_t>(row) % sources.size()];
+      tokens[static_cast<size_t>(row)] =
+          mf::SampleFromRow(logits.data(), logits.size(), params, history, rngs[static_cast<size_t>(row)]).token;
     });
     benchmark::DoNotOptimize(tokens.data());
   }

@@ -82,9 +82,8 @@ void SampleRows(const mf::ForwardOutput& output) {
   pool.ParallelFor(rows, [&](int sequence) {
     const int row = output.logit_row_offsets[static_cast<size_t>(sequence) + 1] - 1;
     if (!output.has_full_logits(row)) return;
-    thread_local std::vector<float> logits;
-    logits.assign(output.logits_row(row), output.logits_row(row) + output.vocab_size);
-    mf::Sample(logits, params, history, generators[static_cast<size_t>(sequence)]);
+    mf::SampleFromRow(output.logits_row(row), static_cast<size_t>(output.vocab_size), params, history,
+                      generators[static_cast<size_t>(sequence)]);
   });
 }
 

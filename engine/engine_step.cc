@@ -115,15 +115,12 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
 }
 
 SampleResult Engine::SampleRow(Sequence& sequence, const ForwardOutput& output, int row) {
-  SampleResult sample;
   if (output.has_full_logits(row)) {
-    // Reused per thread: a fresh vocabulary-sized vector would fault its pages in every step.
-    thread_local std::vector<float> logits;
-    logits.assign(output.logits_row(row), output.logits_row(row) + output.vocab_size);
-    sample = Sample(logits, sequence.request.sampling, sequence.history, sequence.rng);
-  } else {
-    sample.token = output.argmax[static_cast<size_t>(row)];  // what Sample picks for plain greedy requests
+    return SampleFromRow(output.logits_row(row), static_cast<size_t>(output.vocab_size), sequence.request.sampling,
+                         sequence.history, sequence.rng);
   }
+  SampleResult sample;
+  sample.token = output.argmax[static_cast<size_t>(row)];  // what Sample picks for plain greedy requests
   return sample;
 }
 

@@ -82,4 +82,11 @@ SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, co
   return result;
 }
 
+SampleResult SampleFromRow(const float* logits, size_t vocab_size, const SamplingParams& params,
+                           const TokenHistory& history, std::mt19937_64& rng) {
+  thread_local std::vector<float> copy;
+  copy.assign(logits, logits + vocab_size);
+  return Sample(copy, params, history, rng);
+}
+
 }  // namespace mf

@@ -2,6 +2,7 @@
 // top-k / top-p / min-p filtering and a seeded draw, plus log-probabilities.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <unordered_map>
@@ -44,6 +45,12 @@ struct SampleResult {
 // `logits` is modified in place (penalties and temperature applied).
 SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history,
                     std::mt19937_64& rng);
+
+// Sample on a row of logits the caller keeps (the step's output): copied first into this
+// thread's buffer, reused from call to call (a fresh vocabulary-sized vector would fault
+// its pages in every step).
+SampleResult SampleFromRow(const float* logits, size_t vocab_size, const SamplingParams& params,
+                           const TokenHistory& history, std::mt19937_64& rng);
 
 // The tokens Sample can draw from these (already penalised) logits, in token order:
 // what top-k, min-p and top-p keep, less any whose weight underflows.
