@@ -6,8 +6,8 @@
 #include <random>
 #include <vector>
 
-#include "engine/sampler.h"
-#include "engine/worker_pool.h"
+#include "engine/base/worker_pool.h"
+#include "engine/sampling/sampler.h"
 
 namespace {
 

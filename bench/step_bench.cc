@@ -11,9 +11,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/base/worker_pool.h"
 #include "engine/model_loader.h"
-#include "engine/sampler.h"
-#include "engine/worker_pool.h"
+#include "engine/sampling/sampler.h"
 #include "server/command_line.h"
 #include "server/model_flags.h"
 #ifdef MF_WITH_CUDA

@@ -9,8 +9,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/detokenizer.h"
-#include "engine/tokenizer.h"
+#include "engine/text/detokenizer.h"
+#include "engine/text/tokenizer.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
 #include "engine/backend.h"
 
-#include "engine/status_macros.h"
+#include "engine/base/status_macros.h"
 
 namespace mf {
 

@@ -10,8 +10,8 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "engine/checkpoint/weights.h"
 #include "engine/tensor.h"
-#include "engine/weights.h"
 
 namespace mf {
 

@@ -14,13 +14,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/base/worker_pool.h"
 #include "engine/expert_stats.h"
 #include "engine/model.h"
 #include "engine/observer.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
-#include "engine/tokenizer.h"
-#include "engine/worker_pool.h"
+#include "engine/text/tokenizer.h"
 
 namespace mf {
 

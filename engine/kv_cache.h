@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
-#include "engine/config.h"
+#include "engine/checkpoint/config.h"
 
 namespace mf {
 

@@ -1,8 +1,8 @@
 #include "engine/model.h"
 
 #include "absl/cleanup/cleanup.h"
+#include "engine/base/status_macros.h"
 #include "engine/model_step.h"
-#include "engine/status_macros.h"
 
 namespace mf {
 

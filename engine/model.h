@@ -12,8 +12,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/backend.h"
+#include "engine/checkpoint/weights.h"
 #include "engine/kv_cache.h"
-#include "engine/weights.h"
 
 namespace mf {
 

@@ -2,9 +2,9 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "engine/base/status_macros.h"
 #include "engine/model.h"
 #include "engine/model_step.h"
-#include "engine/status_macros.h"
 
 namespace mf {
 

@@ -7,8 +7,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "engine/cpu_backend.h"
-#include "engine/status_macros.h"
+#include "engine/base/status_macros.h"
+#include "engine/cpu/cpu_backend.h"
 
 namespace mf {
 

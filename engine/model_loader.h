@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 namespace mf {
 
@@ -24,7 +24,7 @@ struct ModelSource {
 // The running executable's directory: plugins and the built-in model are found from it.
 std::filesystem::path ExecutableDir();
 
-// `device`: "cpu", "cuda" or "cuda:N"; `precision`: "exact" or "bf16" (engine/cuda_backend.h).
+// `device`: "cpu", "cuda" or "cuda:N"; `precision`: "exact" or "bf16" (engine/cuda/cuda_backend.h).
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, const std::string& precision);
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source);
 

@@ -2,9 +2,9 @@
 // downloads of its outputs.
 #include <algorithm>
 
+#include "engine/base/status_macros.h"
 #include "engine/model.h"
 #include "engine/model_step.h"
-#include "engine/status_macros.h"
 
 namespace mf {
 namespace {

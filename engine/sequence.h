@@ -12,8 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "engine/detokenizer.h"
-#include "engine/sampler.h"
+#include "engine/sampling/sampler.h"
+#include "engine/text/detokenizer.h"
 
 namespace mf {
 

@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "engine/dtype.h"
+#include "engine/checkpoint/dtype.h"
 
 namespace mf {
 

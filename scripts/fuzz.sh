@@ -9,7 +9,8 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
 SHARED="${MF_SHARED_DIR:-$ROOT/../shared}"
 mkdir -p "$OUT_DIR"
 
-SOURCES=(engine/utf8.cc engine/pretokenizer.cc engine/tokenizer.cc engine/tokenizer_loader.cc engine/detokenizer.cc)
+SOURCES=(engine/text/utf8.cc engine/text/pretokenizer.cc engine/text/tokenizer.cc engine/text/tokenizer_loader.cc
+         engine/text/detokenizer.cc)
 FLAGS=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I"$ROOT")
 LIBS=$(pkg-config --libs absl_statusor absl_strings absl_str_format)
 command -v clang++ > /dev/null || { echo "clang++ not found: run scripts/setup.sh"; exit 1; }

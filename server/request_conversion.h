@@ -6,9 +6,9 @@
 #include <grpcpp/support/status.h>
 
 #include "absl/status/statusor.h"
-#include "engine/config.h"
+#include "engine/checkpoint/config.h"
 #include "engine/sequence.h"
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 #include "moduleformer/v1/moduleformer.pb.h"
 
 namespace mf::server {

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "engine/cpu_backend.h"
+#include "engine/cpu/cpu_backend.h"
 
 namespace mf::testing {
 

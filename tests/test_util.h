@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/checkpoint/safetensors.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
 
 namespace mf::testing {
 

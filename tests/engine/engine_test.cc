@@ -4,8 +4,8 @@
 
 #include <set>
 
-#include "engine/fixture.h"
 #include "tests/test_util.h"
+#include "tools/moduleformer/reference_cases.h"
 
 namespace mf {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <set>
 
-#include "engine/cpu_backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "tests/test_util.h"
 
 namespace mf {

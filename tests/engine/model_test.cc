@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "engine/cpu_backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/generator.h"
 #include "tests/test_util.h"
 

@@ -2,8 +2,8 @@
 // fixture: alone, all prompts in one ragged batch, and prefilled in chunks of 7.
 #include <gtest/gtest.h>
 
-#include "engine/fixture.h"
 #include "tests/test_util.h"
+#include "tools/moduleformer/reference_cases.h"
 
 namespace mf {
 namespace {

@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <string>
 
-#include "engine/detokenizer.h"
-#include "engine/tokenizer.h"
+#include "engine/text/detokenizer.h"
+#include "engine/text/tokenizer.h"
 
 namespace {
 

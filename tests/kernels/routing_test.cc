@@ -6,7 +6,7 @@
 #include <random>
 
 #include "engine/routing.h"
-#include "tests/kernels/cuda_test_util.h"
+#include "tests/cuda_test_util.h"
 
 namespace mf {
 namespace {

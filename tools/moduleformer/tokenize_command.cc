@@ -5,7 +5,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_join.h"
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "server/model_flags.h"
 #include "tools/moduleformer/commands.h"

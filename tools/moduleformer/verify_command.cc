@@ -2,8 +2,8 @@
 #include <cstdio>
 
 #include "absl/flags/flag.h"
-#include "engine/fixture.h"
 #include "tools/moduleformer/commands.h"
+#include "tools/moduleformer/reference_cases.h"
 
 ABSL_FLAG(std::string, cases, "", "Reference cases file (cases.json)");
 ABSL_FLAG(double, logit_tolerance, 1e-4, "Largest accepted absolute logit error");

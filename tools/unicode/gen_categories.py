@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes engine/unicode_categories.inc: the code point ranges of the Unicode
+"""Writes engine/text/unicode_categories.inc: the code point ranges of the Unicode
 general categories L (letters) and N (numbers), which GPT-2's pre-tokenizer
 pattern uses as \\p{L} and \\p{N}. Run it when moving to a newer Unicode version."""
 import sys
@@ -35,4 +35,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "engine/unicode_categories.inc")
+    main(sys.argv[1] if len(sys.argv) > 1 else "engine/text/unicode_categories.inc")

@@ -1,0 +1,117 @@
+#include "engine/checkpoint/weights.h"
+
+#include "absl/strings/str_cat.h"
+#include "engine/base/status_macros.h"
+#include "engine/checkpoint/checkpoint.h"
+
+namespace mf {
+namespace {
+
+// Reads tensors of one checkpoint into HostTensors that keep the mapping alive.
+class WeightReader {
+ public:
+  explicit WeightReader(std::shared_ptr<const Checkpoint> checkpoint) : checkpoint_(std::move(checkpoint)) {}
+
+  absl::StatusOr<HostTensor> Read(const std::string& name, const std::vector<int64_t>& shape) const {
+    MF_ASSIGN_OR_RETURN(const TensorView* view, checkpoint_->FindWeight(name, shape));
+    return HostTensor{name, view->dtype, view->shape, view->data, checkpoint_};
+  }
+
+  // The leading dimension of a tensor whose other dimensions are known.
+  absl::StatusOr<int64_t> ExpertCount(const std::string& name) const {
+    MF_ASSIGN_OR_RETURN(const TensorView* view, checkpoint_->Find(name));
+    if (view->shape.size() != 3 || view->shape[0] <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(view->file, ": tensor '", name, "' has shape ",
+                                                     ShapeToString(view->shape), ", expected [experts, in, out]"));
+    }
+    return view->shape[0];
+  }
+
+  const ModelConfig& config() const { return checkpoint_->config(); }
+
+ private:
+  std::shared_ptr<const Checkpoint> checkpoint_;
+};
+
+absl::StatusOr<MixtureWeights> ReadMixture(const WeightReader& reader, const std::string& prefix,
+                                           const std::string& experts_prefix, int64_t hidden, int64_t top_k) {
+  const ModelConfig& config = reader.config();
+  MixtureWeights mixture;
+  const std::string experts_name = absl::StrCat(experts_prefix, "experts.weight");
+  MF_ASSIGN_OR_RETURN(mixture.num_experts, reader.ExpertCount(experts_name));
+  const int64_t experts = mixture.num_experts;
+  if (top_k > experts) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", experts_name,
+                                                   "' has ", experts, " experts, fewer than top-k = ", top_k));
+  }
+  mixture.top_k = top_k;
+  mixture.expert_hidden = hidden;
+  const int64_t d = config.n_embd;
+  MF_ASSIGN_OR_RETURN(mixture.experts_in, reader.Read(experts_name, {experts, d, hidden}));
+  MF_ASSIGN_OR_RETURN(mixture.experts_out,
+                      reader.Read(absl::StrCat(experts_prefix, "output_experts.weight"), {experts, hidden, d}));
+  MF_ASSIGN_OR_RETURN(mixture.router_w1,
+                      reader.Read(absl::StrCat(prefix, "gate.w_gate.0.weight"), {config.gating_size, d}));
+  MF_ASSIGN_OR_RETURN(mixture.router_b1, reader.Read(absl::StrCat(prefix, "gate.w_gate.0.bias"), {config.gating_size}));
+  MF_ASSIGN_OR_RETURN(mixture.router_w2,
+                      reader.Read(absl::StrCat(prefix, "gate.w_gate.3.weight"), {experts, config.gating_size}));
+  return mixture;
+}
+
+absl::StatusOr<LayerWeights> ReadLayer(const WeightReader& reader, int64_t layer) {
+  const ModelConfig& config = reader.config();
+  const std::string prefix = absl::StrCat("transformer.h.", layer, ".");
+  const int64_t d = config.n_embd;
+  LayerWeights weights;
+  MF_ASSIGN_OR_RETURN(weights.ln1_weight, reader.Read(prefix + "ln_1.weight", {d}));
+  MF_ASSIGN_OR_RETURN(weights.ln1_bias, reader.Read(prefix + "ln_1.bias", {d}));
+  MF_ASSIGN_OR_RETURN(weights.ln2_weight, reader.Read(prefix + "ln_2.weight", {d}));
+  MF_ASSIGN_OR_RETURN(weights.ln2_bias, reader.Read(prefix + "ln_2.bias", {d}));
+  MF_ASSIGN_OR_RETURN(weights.attention, ReadMixture(reader, prefix + "attn.q_proj.", prefix + "attn.q_proj.",
+                                                     config.att_hidden, config.k_att));
+  MF_ASSIGN_OR_RETURN(weights.mlp,
+                      ReadMixture(reader, prefix + "mlpf.", prefix + "mlpf.", config.ffd_hidden, config.k_mlp));
+  if (!config.kv_is_identity()) {
+    MF_ASSIGN_OR_RETURN(weights.k_weight, reader.Read(prefix + "attn.k_proj.weight", {config.att_hidden, d}));
+    MF_ASSIGN_OR_RETURN(weights.k_bias, reader.Read(prefix + "attn.k_proj.bias", {config.att_hidden}));
+    MF_ASSIGN_OR_RETURN(weights.v_weight, reader.Read(prefix + "attn.v_proj.weight", {config.att_hidden, d}));
+    MF_ASSIGN_OR_RETURN(weights.v_bias, reader.Read(prefix + "attn.v_proj.bias", {config.att_hidden}));
+  }
+  return weights;
+}
+
+}  // namespace
+
+int64_t HostTensor::num_elements() const {
+  int64_t count = 1;
+  for (int64_t dim : shape) count *= dim;
+  return count;
+}
+
+absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> checkpoint) {
+  WeightReader reader(checkpoint);
+  const ModelConfig& config = checkpoint->config();
+  ModelWeights weights;
+  weights.config = config;
+  const std::vector<int64_t> embedding_shape = {config.vocab_size, config.n_embd};
+  MF_ASSIGN_OR_RETURN(weights.wte, reader.Read("transformer.wte.weight", embedding_shape));
+  MF_ASSIGN_OR_RETURN(weights.ln_f_weight, reader.Read("transformer.ln_f.weight", {config.n_embd}));
+  MF_ASSIGN_OR_RETURN(weights.ln_f_bias, reader.Read("transformer.ln_f.bias", {config.n_embd}));
+  if (config.tie_word_embeddings && !checkpoint->Has("lm_head.weight")) {
+    weights.lm_head = weights.wte;
+  } else {
+    MF_ASSIGN_OR_RETURN(weights.lm_head, reader.Read("lm_head.weight", embedding_shape));
+  }
+  for (int64_t layer = 0; layer < config.n_layer; ++layer) {
+    MF_ASSIGN_OR_RETURN(LayerWeights layer_weights, ReadLayer(reader, layer));
+    weights.layers.push_back(std::move(layer_weights));
+  }
+  return weights;
+}
+
+absl::StatusOr<ModelWeights> LoadWeights(const std::string& checkpoint_dir) {
+  MF_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(checkpoint_dir));
+  return LoadWeights(std::shared_ptr<const Checkpoint>(std::move(checkpoint)));
+}
+
+}  // namespace mf

@@ -1,0 +1,198 @@
+// Stick-breaking attention on the CUDA backend. Decode tokens (and every token in exact
+// mode) go through the paged-attention kernel; in bf16 mode, sequences adding a prompt
+// chunk go through tensor cores: logits and outputs as cuBLAS GEMMs per sequence and
+// head, stick-breaking weights in between (kernels/prefill_attention.h).
+#include <algorithm>
+#include <cmath>
+
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_tensor.h"
+#include "kernels/attention.h"
+#include "kernels/prefill_attention.h"
+
+namespace mf {
+namespace {
+
+using cuda::Int;
+using cuda::Ptr;
+
+// Sequences adding at least this many tokens take the GEMM path: below it, the paged
+// kernel reads each key once per query anyway and the GEMMs would be mostly padding.
+constexpr int kMinGemmTokens = 16;
+// Logits held at once (fp32, plus two bf16 weight matrices): 24 M elements, 192 MB.
+constexpr int64_t kMaxRoundElements = 24LL << 20;
+
+}  // namespace
+
+bool CudaBackend::UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const {
+  if (precision_ != CudaPrecision::kBf16 || layer_cache.dtype != DType::kBF16) return false;
+  for (size_t s = 0; s + 1 < layout.seq_token_begin.size(); ++s) {
+    if (layout.seq_token_begin[s + 1] - layout.seq_token_begin[s] >= kMinGemmTokens) return true;
+  }
+  return false;
+}
+
+void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
+                                         const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) {
+  CudaOpTimer::Scope scope(*timer_, "attention");
+  const bool prompt_gemms = UsesPromptGemms(layout, layer_cache);
+  kernels::AttentionArgs args;
+  args.queries = Ptr<float>(queries);
+  args.slot_tokens = Ptr<int32_t>(plan.slot_tokens);
+  args.token_slots = Ptr<int32_t>(plan.token_slots);
+  args.num_tokens = plan.num_tokens;
+  args.top_k = plan.top_k;
+  args.token_seq = Ptr<int32_t>(layout.token_seq);
+  args.token_pos = Ptr<int32_t>(layout.token_pos);
+  args.block_tables = Ptr<int32_t>(layout.block_tables);
+  args.cache = layer_cache.data;
+  args.out = Ptr<float>(out);
+  args.num_slots = Int(queries.rows());
+  args.num_heads = shape.num_heads;
+  args.head_dim = shape.head_dim;
+  args.row_width = Int(layer_cache.cols());
+  args.value_offset = shape.kv_identity ? 0 : shape.num_heads * shape.head_dim;
+  args.block_size = layout.block_size;
+  args.max_blocks = layout.max_blocks_per_sequence;
+  if (prompt_gemms) {
+    args.seq_new_tokens = Ptr<int32_t>(layout.seq_new_tokens);
+    args.skip_min_new_tokens = kMinGemmTokens;
+  }
+  args.num_splits = kernels::AttentionSplits(args.num_tokens, args.top_k, args.num_heads, args.head_dim,
+                                             layout.max_blocks_per_sequence * layout.block_size);
+  Tensor partial_out, partial_mass;
+  if (args.num_splits > 1) {
+    const int64_t partials = static_cast<int64_t>(args.num_slots) * args.num_heads * args.num_splits;
+    partial_out = Scratch(DType::kF32, {partials, args.head_dim});
+    partial_mass = Scratch(DType::kF32, {partials});
+    if (partial_out.empty() || partial_mass.empty()) return;
+    args.partial_out = Ptr<float>(partial_out);
+    args.partial_mass = Ptr<float>(partial_mass);
+  }
+  Check(layer_cache.dtype == DType::kF32 ? kernels::StickBreakingAttention<float>(args, stream_)
+                                         : kernels::StickBreakingAttention<__nv_bfloat16>(args, stream_),
+        "attention");
+  if (prompt_gemms) PromptAttention(queries, plan, layout, layer_cache, shape, out);
+}
+
+void CudaBackend::PromptAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
+                                  const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) {
+  const int num_tokens = layout.num_tokens, top_k = plan.top_k;
+  const int heads = shape.num_heads, head_dim = shape.head_dim, width = heads * head_dim;
+  const int row_width = Int(layer_cache.cols()), value_column = shape.kv_identity ? 0 : width;
+  const auto* cache = Ptr<__nv_bfloat16>(layer_cache);
+  // Queries in token order ([token * top_k + rank]), where each sequence's are contiguous.
+  Tensor q = Scratch(DType::kBF16, {static_cast<int64_t>(num_tokens) * top_k, width});
+  Tensor o = Scratch(DType::kF32, {static_cast<int64_t>(num_tokens) * top_k, width});
+  if (q.empty() || o.empty()) return;
+  Check(kernels::GatherQueries(Ptr<float>(queries), Ptr<int32_t>(plan.token_slots), num_tokens, top_k, width,
+                               Ptr<__nv_bfloat16>(q), stream_),
+        "gather queries");
+
+  // Each prompt sequence's whole history (cached and new), keys and values, as bf16 rows.
+  std::vector<PromptPiece> pieces;
+  std::vector<int64_t> key_offsets(static_cast<size_t>(layout.num_sequences), -1);
+  int64_t total_keys = 0;
+  for (int s = 0; s < layout.num_sequences; ++s) {
+    const int num_new = layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
+    if (num_new < kMinGemmTokens) continue;
+    const int64_t keys = layout.seq_cached[s] + num_new;
+    key_offsets[static_cast<size_t>(s)] = total_keys;
+    total_keys += keys;
+    // Long prompts are cut into query chunks so one chunk's logits fit a round.
+    const int64_t chunk = std::max<int64_t>(1, kMaxRoundElements / (static_cast<int64_t>(top_k) * heads * keys));
+    for (int first = 0; first < num_new; first += static_cast<int>(chunk)) {
+      const int end = static_cast<int>(std::min<int64_t>(num_new, first + chunk));
+      pieces.push_back({s, first, end, total_keys - keys, (layout.seq_token_begin[s] + first) * int64_t{top_k}});
+    }
+  }
+  Tensor keys = Scratch(DType::kBF16, {total_keys, width});
+  Tensor values = shape.kv_identity ? keys : Scratch(DType::kBF16, {total_keys, width});
+  if (keys.empty() || values.empty()) return;
+  for (int s = 0; s < layout.num_sequences; ++s) {
+    const int64_t offset = key_offsets[static_cast<size_t>(s)];
+    if (offset < 0) continue;
+    const int length = layout.seq_cached[s] + layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
+    const int32_t* table = Ptr<int32_t>(layout.block_tables) + static_cast<int64_t>(s) * layout.max_blocks_per_sequence;
+    Check(kernels::GatherKeys(cache, row_width, 0, table, layout.block_size, length, width,
+                              Ptr<__nv_bfloat16>(keys) + offset * width, stream_),
+          "gather keys");
+    if (!shape.kv_identity) {
+      Check(kernels::GatherKeys(cache, row_width, value_column, table, layout.block_size, length, width,
+                                Ptr<__nv_bfloat16>(values) + offset * width, stream_),
+            "gather values");
+    }
+  }
+
+  // Rounds of pieces whose logits fit the budget together.
+  size_t next = 0;
+  while (next < pieces.size()) {
+    kernels::WeightPieces round;
+    round.heads = heads;
+    round.top_k = top_k;
+    round.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    int64_t elements = 0;
+    int max_rows = 0;
+    std::vector<PromptPiece> members;
+    while (next < pieces.size() && round.count < kernels::kMaxWeightPieces) {
+      const PromptPiece& piece = pieces[next];
+      const int rows = (piece.end_token - piece.first_token) * top_k;
+      const int num_keys = layout.seq_cached[piece.seq] + piece.end_token;
+      const int64_t size = static_cast<int64_t>(rows) * heads * num_keys;
+      if (round.count > 0 && elements + size > kMaxRoundElements) break;
+      round.pieces[round.count++] = {elements, rows, num_keys, layout.seq_cached[piece.seq] + piece.first_token};
+      elements += size;
+      max_rows = std::max(max_rows, rows);
+      members.push_back(piece);
+      ++next;
+    }
+    RunPromptRound(round, members, max_rows, elements, q, keys, values, head_dim, width, o);
+  }
+  Check(kernels::ScatterSlots(Ptr<float>(o), Ptr<int32_t>(plan.token_slots), Ptr<int32_t>(layout.token_seq),
+                              Ptr<int32_t>(layout.seq_new_tokens), kMinGemmTokens, num_tokens, top_k, width,
+                              Ptr<float>(out), stream_),
+        "scatter attention");
+}
+
+void CudaBackend::RunPromptRound(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members,
+                                 int max_rows, int64_t elements, const Tensor& q, const Tensor& keys,
+                                 const Tensor& values, int head_dim, int width, Tensor& o) {
+  Tensor logits = Scratch(DType::kF32, {elements});
+  Tensor high = Scratch(DType::kBF16, {elements});
+  Tensor low = Scratch(DType::kBF16, {elements});
+  if (logits.empty() || high.empty() || low.empty()) return;
+  const int heads = round.heads;
+  const float one = 1.0f, zero = 0.0f;
+  // Row-major S[rows, keys] = Q·Kᵀ per head is column-major Sᵀ = K·Qᵀ: K read transposed.
+  for (int i = 0; i < round.count; ++i) {
+    const kernels::WeightPiece& piece = round.pieces[i];
+    const int64_t first_row = members[i].first_q_row, key_offset = members[i].key_offset;
+    Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, piece.keys, piece.rows, head_dim, &one,
+                                     Ptr<__nv_bfloat16>(keys) + key_offset * width, CUDA_R_16BF, width, head_dim,
+                                     Ptr<__nv_bfloat16>(q) + first_row * width, CUDA_R_16BF, width, head_dim, &zero,
+                                     Ptr<float>(logits) + piece.offset, CUDA_R_32F, piece.keys,
+                                     static_cast<int64_t>(piece.rows) * piece.keys, heads, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT),
+          "prompt attention logits");
+  }
+  Check(kernels::StickBreakingWeights(round, max_rows, Ptr<float>(logits), Ptr<__nv_bfloat16>(high),
+                                      Ptr<__nv_bfloat16>(low), stream_),
+        "stick-breaking weights");
+  // Row-major O[rows, head_dim] = W·V is column-major Oᵀ = Vᵀ·Wᵀ, both read as stored;
+  // the remainder half of W accumulates onto the first product.
+  for (int i = 0; i < round.count; ++i) {
+    const kernels::WeightPiece& piece = round.pieces[i];
+    const int64_t first_row = members[i].first_q_row, key_offset = members[i].key_offset;
+    for (const Tensor* weights : {&high, &low}) {
+      Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, head_dim, piece.rows, piece.keys, &one,
+                                       Ptr<__nv_bfloat16>(values) + key_offset * width, CUDA_R_16BF, width,
+                                       head_dim, Ptr<__nv_bfloat16>(*weights) + piece.offset, CUDA_R_16BF, piece.keys,
+                                       static_cast<int64_t>(piece.rows) * piece.keys,
+                                       weights == &high ? &zero : &one, Ptr<float>(o) + first_row * width, CUDA_R_32F,
+                                       width, head_dim, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "prompt attention outputs");
+    }
+  }
+}
+
+}  // namespace mf

@@ -1,0 +1,2 @@
+// The program of engine/CMakeLists.txt's layer link checks: it only has to link.
+int main() { return 0; }
