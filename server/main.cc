@@ -119,11 +119,9 @@ int main(int argc, char** argv) {
   const bool export_metrics = absl::GetFlag(FLAGS_metrics_port) >= 0;
   auto metrics = std::make_unique<mf::server::ServerMetrics>(model_name, source.device);
   if (export_metrics) {
-    // Before the model loads: the exposer's threads must exist before the CUDA backend
-    // brings cuBLAS (whose static TLS leaves no room in their small stacks).
-    const std::string metrics_address =
-        absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_metrics_port));
-    if (absl::Status status = metrics->StartExposer(metrics_address); !status.ok()) {
+    // Before the model loads, so a busy port fails fast.
+    if (absl::Status status = metrics->StartHttp(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+        !status.ok()) {
       std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
       return 1;
     }

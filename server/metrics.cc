@@ -175,22 +175,13 @@ void ServerMetrics::AttachEngine(Engine* engine) {
 
 void ServerMetrics::DetachEngine() { engine_collector_->Attach(nullptr); }
 
-absl::Status ServerMetrics::StartExposer(const std::string& address) {
-  try {  // civetweb reports bind failures by throwing; keep that inside this module
-    exposer_ = std::make_unique<prometheus::Exposer>(address);
-  } catch (const std::exception& error) {
-    return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", address, ": ", error.what()));
-  }
-  exposer_->RegisterCollectable(registry_);
-  exposer_->RegisterCollectable(engine_collector_);
-  return absl::OkStatus();
+absl::Status ServerMetrics::StartHttp(const std::string& host, int port) {
+  http_ = std::make_unique<MetricsHttpServer>(
+      std::vector<std::weak_ptr<prometheus::Collectable>>{registry_, engine_collector_});
+  return http_->Start(host, port);
 }
 
-int ServerMetrics::port() const {
-  if (exposer_ == nullptr) return 0;
-  const std::vector<int> ports = exposer_->GetListeningPorts();
-  return ports.empty() ? 0 : ports.front();
-}
+int ServerMetrics::port() const { return http_ == nullptr ? 0 : http_->port(); }
 
 void ServerMetrics::CountRequest(const char* rpc, grpc::StatusCode code) {
   requests_->Add({{"rpc", rpc}, {"code", StatusCodeName(code)}}).Increment();

@@ -1,11 +1,10 @@
-// Prometheus metrics (pull exposer on --metrics-port, path /metrics). Histograms
+// Prometheus metrics (served on --metrics-port by server/metrics_http.h). Histograms
 // and request counters are observed as events happen; engine gauges and expert
 // counters are read from the engine when scraped, so steps pay nothing for them.
 #pragma once
 
 #include <grpcpp/support/status.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -16,6 +15,7 @@
 #include "absl/status/status.h"
 #include "engine/engine.h"
 #include "engine/observer.h"
+#include "server/metrics_http.h"
 
 namespace mf::server {
 
@@ -27,8 +27,8 @@ class ServerMetrics : public EngineObserver {
   // Engine-derived series are collected from `engine` at scrape time.
   void AttachEngine(Engine* engine);
   void DetachEngine();  // before the engine goes away; scrapes then see no engine series
-  // Serves /metrics on `address` ("0.0.0.0:9400"; port 0 picks a free one).
-  absl::Status StartExposer(const std::string& address);
+  // Serves /metrics and /health on `host`:`port` (port 0 picks a free one).
+  absl::Status StartHttp(const std::string& host, int port);
   int port() const;
 
   void CountRequest(const char* rpc, grpc::StatusCode code);
@@ -45,7 +45,7 @@ class ServerMetrics : public EngineObserver {
   std::string model_name_, backend_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<EngineCollector> engine_collector_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> http_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generated_tokens_;
