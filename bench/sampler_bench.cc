@@ -35,7 +35,7 @@ void RunSample(benchmark::State& state, mf::SamplingParams params, bool penaltie
   std::vector<float> logits;
   for (auto _ : state) {
     logits = source;
-    benchmark::DoNotOptimize(mf::Sample(logits, params, history, rng).token);
+    benchmark::DoNotOptimize(mf::Sample(logits, params, history, rng)->token);
   }
   state.SetItemsProcessed(state.iterations());  // sequences sampled
 }
@@ -78,7 +78,7 @@ void BM_Batch256(benchmark::State& state) {
     pool.ParallelFor(kRows, [&](int row) {
       const std::vector<float>& logits = sources[static_cast<size_t>(row) % sources.size()];
       tokens[static_cast<size_t>(row)] =
-          mf::SampleFromRow(logits.data(), logits.size(), params, history, rngs[static_cast<size_t>(row)]).token;
+          mf::SampleFromRow(logits.data(), logits.size(), params, history, rngs[static_cast<size_t>(row)])->token;
     });
     benchmark::DoNotOptimize(tokens.data());
   }

@@ -85,7 +85,7 @@ class Engine {
   void Postprocess(const SchedulePlan& plan, const ForwardOutput& output);
   // The next token of `sequence` from row `row` of the step's output; safe to call for
   // different sequences at once.
-  static SampleResult SampleRow(Sequence& sequence, const ForwardOutput& output, int row);
+  static absl::StatusOr<SampleResult> SampleRow(Sequence& sequence, const ForwardOutput& output, int row);
   void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);

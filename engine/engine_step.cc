@@ -90,7 +90,7 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
   // Each row touches only its own sequence's generator and history, so rows sample in
   // parallel; a few rows are not worth waking the helpers for.
   const absl::Time sampling_start = absl::Now();
-  std::vector<SampleResult> samples(finishing.size());
+  std::vector<absl::StatusOr<SampleResult>> samples(finishing.size());
   auto sample_row = [&](int i) {
     const size_t index = finishing[static_cast<size_t>(i)];
     samples[static_cast<size_t>(i)] = SampleRow(*plan.chunks[index].sequence, output, output.logit_row_offsets[index + 1] - 1);
@@ -106,15 +106,19 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
   for (size_t i = 0; i < finishing.size(); ++i) {
     const size_t index = finishing[i];
     Sequence& sequence = *plan.chunks[index].sequence;
+    if (!samples[i].ok()) {  // this request fails; the others in the step go on
+      Finish(sequence, FinishReason::kCancelled, samples[i].status(), GenerationUpdate{});
+      continue;
+    }
     GenerationUpdate update;
-    if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(samples[i]);
+    if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(*samples[i]);
     if (sequence.request.return_routing) update.routing.push_back(RoutingAt(output, output.token_offsets[index + 1] - 1));
-    const bool finished = AppendToken(sequence, samples[i], update);
+    const bool finished = AppendToken(sequence, *samples[i], update);
     if (!finished) sequence.on_update(std::move(update));
   }
 }
 
-SampleResult Engine::SampleRow(Sequence& sequence, const ForwardOutput& output, int row) {
+absl::StatusOr<SampleResult> Engine::SampleRow(Sequence& sequence, const ForwardOutput& output, int row) {
   if (output.has_full_logits(row)) {
     return SampleFromRow(output.logits_row(row), static_cast<size_t>(output.vocab_size), sequence.request.sampling,
                          sequence.history, sequence.rng);

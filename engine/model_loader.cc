@@ -64,6 +64,10 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
   if (!source.model_dir.empty() && !source.random_config.empty()) {
     return absl::InvalidArgumentError("give only one of --model DIR or --random-weights CONFIG");
   }
+  if (source.check_weights != "auto" && source.check_weights != "true" && source.check_weights != "false") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--check-weights: '", source.check_weights, "' is not auto, true or false"));
+  }
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(source.device, source.precision));
   ModelWeights weights;
   if (!source.model_dir.empty()) {
@@ -72,6 +76,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
     MF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(source.random_config));
     weights = RandomWeights(config, source.seed);
   }
+  const bool check = source.check_weights == "true" ||
+                     (source.check_weights == "auto" && TotalWeightBytes(weights) <= kAutoCheckWeightBytes);
+  if (check) MF_RETURN_IF_ERROR(CheckWeightsFinite(weights));
   return Model::Create(weights, std::move(backend), source.cache);
 }
 

@@ -18,8 +18,13 @@ struct ModelSource {
   uint64_t seed = 0;
   std::string device = "cpu";
   std::string precision = "exact";  // CUDA: exact (fp32-accurate) or bf16; the CPU backend is always fp32
+  // Reject NaN or infinite weights at load: "true", "false", or "auto" (checked when the
+  // weights take at most kAutoCheckWeightBytes).
+  std::string check_weights = "auto";
   KvCacheOptions cache;
 };
+
+inline constexpr size_t kAutoCheckWeightBytes = size_t{2} << 30;
 
 // The running executable's directory: plugins and the built-in model are found from it.
 std::filesystem::path ExecutableDir();

@@ -17,6 +17,8 @@ ABSL_FLAG(int64_t, kv_cache_mb, 512, "KV cache memory in MiB");
 ABSL_FLAG(double, kv_cache_fraction, 0, "KV cache as this fraction of free memory after the weights (overrides --kv-cache-mb when > 0)");
 ABSL_FLAG(int32_t, kv_cache_blocks, 0, "KV cache size in blocks (overrides --kv-cache-mb when > 0)");
 ABSL_FLAG(int32_t, block_size, 16, "KV cache block size in tokens");
+ABSL_FLAG(std::string, check_weights, "auto",
+          "Refuse to load NaN or infinite weights: true, false, or auto (checked for models of up to 2 GiB)");
 
 namespace mf {
 
@@ -47,6 +49,7 @@ ModelSource ModelSourceFromFlags() {
   source.cache.memory_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   source.cache.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);
   source.cache.memory_fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
+  source.check_weights = absl::GetFlag(FLAGS_check_weights);
   return source;
 }
 

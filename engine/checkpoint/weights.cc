@@ -1,5 +1,7 @@
 #include "engine/checkpoint/weights.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
 #include "engine/checkpoint/checkpoint.h"
@@ -112,6 +114,81 @@ absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> check
 absl::StatusOr<ModelWeights> LoadWeights(const std::string& checkpoint_dir) {
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(checkpoint_dir));
   return LoadWeights(std::shared_ptr<const Checkpoint>(std::move(checkpoint)));
+}
+
+namespace {
+
+// Calls `visit` on every tensor the weights hold, in checkpoint order.
+template <typename Visit>
+void ForEachTensor(const ModelWeights& weights, Visit visit) {
+  visit(weights.wte);
+  for (const LayerWeights& layer : weights.layers) {
+    for (const HostTensor* tensor : {&layer.ln1_weight, &layer.ln1_bias, &layer.ln2_weight, &layer.ln2_bias,
+                                     &layer.k_weight, &layer.k_bias, &layer.v_weight, &layer.v_bias}) {
+      visit(*tensor);
+    }
+    for (const MixtureWeights* mixture : {&layer.attention, &layer.mlp}) {
+      for (const HostTensor* tensor : {&mixture->router_w1, &mixture->router_b1, &mixture->router_w2,
+                                       &mixture->experts_in, &mixture->experts_out}) {
+        visit(*tensor);
+      }
+    }
+  }
+  visit(weights.ln_f_weight);
+  visit(weights.ln_f_bias);
+  visit(weights.lm_head);
+}
+
+// Index of the first element whose exponent bits are all ones (infinity or NaN), or
+// `count`. Scans in blocks with a branch-free test, so the common all-finite case runs
+// at memory speed.
+template <typename Bits>
+int64_t FirstNonFinite(const void* data, int64_t count, Bits exponent_mask) {
+  const Bits* values = static_cast<const Bits*>(data);
+  constexpr int64_t kBlock = 4096;
+  for (int64_t begin = 0; begin < count; begin += kBlock) {
+    const int64_t end = std::min(count, begin + kBlock);
+    bool any = false;
+    for (int64_t i = begin; i < end; ++i) any |= (values[i] & exponent_mask) == exponent_mask;
+    if (!any) continue;
+    for (int64_t i = begin; i < end; ++i) {
+      if ((values[i] & exponent_mask) == exponent_mask) return i;
+    }
+  }
+  return count;
+}
+
+int64_t FirstNonFinite(const HostTensor& tensor) {
+  switch (tensor.dtype) {
+    case DType::kF32: return FirstNonFinite<uint32_t>(tensor.data, tensor.num_elements(), 0x7f800000u);
+    case DType::kBF16: return FirstNonFinite<uint16_t>(tensor.data, tensor.num_elements(), 0x7f80);
+    case DType::kF16: return FirstNonFinite<uint16_t>(tensor.data, tensor.num_elements(), 0x7c00);
+    default: return tensor.num_elements();  // not a floating type: nothing to check
+  }
+}
+
+}  // namespace
+
+absl::Status CheckWeightsFinite(const ModelWeights& weights) {
+  absl::Status status;
+  ForEachTensor(weights, [&](const HostTensor& tensor) {
+    if (!status.ok() || tensor.empty()) return;
+    const int64_t bad = FirstNonFinite(tensor);
+    if (bad == tensor.num_elements()) return;
+    float value = 0;
+    ConvertToFloat(tensor.dtype, static_cast<const char*>(tensor.data) + bad * static_cast<int64_t>(DTypeSize(tensor.dtype)), 1,
+                   &value);
+    status = absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name, "': element ", bad, " of ",
+                                                     tensor.num_elements(), " is ", value,
+                                                     " (non-finite weights; --check-weights=false loads them anyway)"));
+  });
+  return status;
+}
+
+size_t TotalWeightBytes(const ModelWeights& weights) {
+  size_t bytes = 0;
+  ForEachTensor(weights, [&](const HostTensor& tensor) { bytes += tensor.empty() ? 0 : tensor.num_bytes(); });
+  return bytes;
 }
 
 }  // namespace mf

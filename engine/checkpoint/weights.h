@@ -61,6 +61,13 @@ struct ModelWeights {
 absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> checkpoint);
 absl::StatusOr<ModelWeights> LoadWeights(const std::string& checkpoint_dir);
 
+// Every float tensor's values are finite; else an error naming the first tensor with a
+// NaN or infinity and where in it. Reads all of the weights (about a second per 2 GB).
+absl::Status CheckWeightsFinite(const ModelWeights& weights);
+
+// Bytes of every tensor, as stored.
+size_t TotalWeightBytes(const ModelWeights& weights);
+
 // A model of the config's exact shape with deterministic pseudo-random bf16 weights,
 // for benchmarks and tests that need no checkpoint.
 ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed);

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
 
 #include "engine/sampling/sampler_math.h"
 #include "engine/sampling/sampler_select.h"
@@ -9,21 +12,39 @@
 namespace mf {
 namespace {
 
+// Penalised logits stay finite whatever the penalty (a tiny repetition penalty divides a
+// logit past the float range): selection subtracts the top logit, and inf - inf is NaN.
+float Finite(float logit) {
+  constexpr float kLargest = std::numeric_limits<float>::max();
+  return std::clamp(logit, -kLargest, kLargest);
+}
+
 void ApplyPenalties(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history) {
   if (params.repetition_penalty != 1.0f) {
+    const float penalty = std::clamp(params.repetition_penalty, 1 / kMaxRepetitionPenalty, kMaxRepetitionPenalty);
     // As in the CTRL paper and common servers: shrink positive logits, grow negative ones.
     for (size_t token = 0; token < history.seen.size() && token < logits.size(); ++token) {
       if (!history.seen[token]) continue;
       float& logit = logits[token];
-      logit = logit > 0 ? logit / params.repetition_penalty : logit * params.repetition_penalty;
+      logit = Finite(logit > 0 ? logit / penalty : logit * penalty);
     }
   }
   if (params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f) {
     for (const auto& [token, count] : history.output_counts) {
       if (token < 0 || static_cast<size_t>(token) >= logits.size()) continue;
-      logits[static_cast<size_t>(token)] -= params.presence_penalty + params.frequency_penalty * static_cast<float>(count);
+      float& logit = logits[static_cast<size_t>(token)];
+      logit = Finite(logit - (params.presence_penalty + params.frequency_penalty * static_cast<float>(count)));
     }
   }
+}
+
+// Index of the first NaN or infinity, or `count`: a vectorised check, then a search only
+// when it failed.
+size_t FirstNonFinite(const float* values, size_t count) {
+  if (AllFinite(values, count)) return count;
+  size_t index = 0;
+  while (index < count && std::isfinite(values[index])) ++index;
+  return index;
 }
 
 bool PenaltiesOff(const SamplingParams& params) {
@@ -67,8 +88,12 @@ void FillLogprobs(const std::vector<float>& raw_logits, int num_top, SampleResul
   for (const WeightedToken& entry : top) result->top.push_back({entry.token, static_cast<float>(entry.logit - log_total)});
 }
 
-SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history,
-                    std::mt19937_64& rng) {
+absl::StatusOr<SampleResult> Sample(std::vector<float>& logits, const SamplingParams& params,
+                                    const TokenHistory& history, std::mt19937_64& rng) {
+  if (const size_t bad = FirstNonFinite(logits.data(), logits.size()); bad < logits.size()) {
+    return absl::InternalError(absl::StrCat("the model produced a non-finite logit (", logits[bad], " for token ", bad,
+                                            "): its weights or activations overflowed"));
+  }
   const bool wants_logprobs = params.chosen_logprob || params.num_logprobs > 0;
   const bool penalised = !PenaltiesOff(params);
   // Log-probabilities describe the model's own distribution, before penalties. Reused per
@@ -77,13 +102,21 @@ SampleResult Sample(std::vector<float>& logits, const SamplingParams& params, co
   if (wants_logprobs && penalised) raw.assign(logits.begin(), logits.end());
   if (penalised) ApplyPenalties(logits, params, history);
   SampleResult result;
-  result.token = params.greedy() ? Greedy(logits) : DrawToken(FilteredCandidates(logits, params), rng);
+  if (params.greedy()) {
+    result.token = Greedy(logits);
+  } else {
+    const std::vector<WeightedToken>& candidates = FilteredCandidates(logits, params);
+    // Cannot happen with finite logits (the top logit always has weight 1); kept as an
+    // error rather than a read before the start of an empty list.
+    if (candidates.empty()) return absl::InternalError("sampling: no token survived top-k, min-p and top-p");
+    result.token = DrawToken(candidates, rng);
+  }
   if (wants_logprobs) FillLogprobs(penalised ? raw : logits, params.num_logprobs, &result);
   return result;
 }
 
-SampleResult SampleFromRow(const float* logits, size_t vocab_size, const SamplingParams& params,
-                           const TokenHistory& history, std::mt19937_64& rng) {
+absl::StatusOr<SampleResult> SampleFromRow(const float* logits, size_t vocab_size, const SamplingParams& params,
+                                           const TokenHistory& history, std::mt19937_64& rng) {
   thread_local std::vector<float> copy;
   copy.assign(logits, logits + vocab_size);
   return Sample(copy, params, history, rng);

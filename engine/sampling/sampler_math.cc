@@ -9,12 +9,26 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 namespace mf {
 namespace {
 
 #define MF_INLINE inline __attribute__((always_inline))
 #define MF_AVX2 __attribute__((target("avx2")))
+
+MF_INLINE bool AllFiniteLoop(const float* values, size_t count) {
+  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: infinity or NaN
+  uint32_t non_finite = 0;
+#pragma omp simd reduction(| : non_finite)
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &values[i], sizeof(bits));
+    non_finite |= static_cast<uint32_t>((bits & kExponent) == kExponent);
+  }
+  return non_finite == 0;
+}
 
 MF_INLINE float MaxLoop(const float* values, size_t count) {
   float largest = values[0];
@@ -35,6 +49,7 @@ MF_INLINE double SumLoop(const float* values, size_t count) {
   return total;
 }
 
+MF_AVX2 bool AllFiniteAvx2(const float* values, size_t count) { return AllFiniteLoop(values, count); }
 MF_AVX2 float MaxAvx2(const float* values, size_t count) { return MaxLoop(values, count); }
 MF_AVX2 void ScaledExpAvx2(const float* logits, size_t count, float shift, float scale, float* out) {
   ScaledExpLoop(logits, count, shift, scale, out);
@@ -47,6 +62,10 @@ bool HasAvx2() {
 }
 
 }  // namespace
+
+bool AllFinite(const float* values, size_t count) {
+  return HasAvx2() ? AllFiniteAvx2(values, count) : AllFiniteLoop(values, count);
+}
 
 float MaxValue(const float* values, size_t count) {
   return HasAvx2() ? MaxAvx2(values, count) : MaxLoop(values, count);

@@ -6,6 +6,10 @@
 
 namespace mf {
 
+// Whether every value is finite (no NaN or infinity), from the exponent bits: exact
+// under this file's fast-math, which lets floating-point checks assume the answer.
+bool AllFinite(const float* values, size_t count);
+
 // The largest of count > 0 finite values.
 float MaxValue(const float* values, size_t count);
 

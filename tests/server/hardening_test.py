@@ -1,7 +1,13 @@
 """A careless or hostile client never takes the server down or deaf: after each
 attack the server still answers a Generate."""
 import http.client
+import json
+import os
+import shutil
 import socket
+import struct
+import subprocess
+import tempfile
 import time
 import unittest
 
@@ -23,6 +29,22 @@ def http_status(port, method, path):
 def idle_connections(port, count):
     """`count` TCP connections that never send a byte."""
     return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+
+
+def poisoned_checkpoint(reference, tensor, element, bf16_bits):
+    """A copy of a reference checkpoint whose bf16 `tensor` holds `bf16_bits` at `element`."""
+    out = tempfile.mkdtemp(prefix="mf-poisoned-")
+    source = harness.reference_dir(reference)
+    shutil.copy(os.path.join(source, "config.json"), out)
+    with open(os.path.join(source, "model.safetensors"), "rb") as f:
+        data = bytearray(f.read())
+    header_size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + header_size])
+    offset = 8 + header_size + header[tensor]["data_offsets"][0] + 2 * element
+    data[offset:offset + 2] = struct.pack("<H", bf16_bits)
+    with open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(data)
+    return out
 
 
 class HardeningTest(unittest.TestCase):
@@ -73,6 +95,58 @@ class HardeningTest(unittest.TestCase):
             for s in sockets:
                 s.close()
         self.assertStillServes()
+
+
+    # 4. Parameters whose arithmetic overflows once drew from an empty candidate list.
+    def test_extreme_sampling_parameters_sample_the_top_token(self):
+        prompt = [5, 17, 300, 2]
+        greedy = self.server.stub.Generate(harness.greedy_request(prompt, 6), timeout=30).token_ids
+        extreme = [
+            dict(temperature=1e-40, top_k=5),
+            dict(temperature=1e-40, min_p=0.2),
+            dict(temperature=1e-40),
+        ]
+        for params in extreme:
+            with self.subTest(**params):
+                request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompt), max_new_tokens=6, ignore_eos=True,
+                                             seed=7, **params)
+                self.assertEqual(list(self.server.stub.Generate(request, timeout=30).token_ids), list(greedy))
+        for params in (dict(repetition_penalty=1e-45, top_k=3), dict(repetition_penalty=1e-45, min_p=0.5),
+                       dict(repetition_penalty=3e38, top_p=0.5)):
+            with self.subTest(**params):
+                request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompt), max_new_tokens=6, ignore_eos=True,
+                                             seed=7, temperature=1.0, **params)
+                reply = self.server.stub.Generate(request, timeout=30)
+                self.assertEqual(len(reply.token_ids), 6)
+        self.assertStillServes()
+
+
+class BrokenWeightsTest(unittest.TestCase):
+    """4. A model with NaN or infinite weights."""
+
+    def test_non_finite_weights_are_refused_at_startup_naming_the_tensor(self):
+        model = poisoned_checkpoint("molm-tiny", "lm_head.weight", 7, 0x7fc0)
+        args = [harness.SERVER, "--model", model, "--port", "0", "--metrics-port", "-1"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("tensor 'lm_head.weight': element 7 of 32768 is nan", result.stderr)
+
+    def test_unchecked_non_finite_weights_fail_requests_not_the_server(self):
+        model = poisoned_checkpoint("molm-tiny", "transformer.ln_f.weight", 0, 0x7f80)  # +inf
+        server = harness.Server(model, "--check-weights=false")
+        try:
+            for params in (dict(temperature=0.8, top_p=0.9), dict(temperature=1.0, top_k=5, min_p=0.1),
+                           dict(temperature=0.0, repetition_penalty=1.2), dict(temperature=0.0, logprobs=2)):
+                with self.subTest(**params):
+                    request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2, 3]), max_new_tokens=4, **params)
+                    with self.assertRaises(grpc.RpcError) as raised:
+                        server.stub.Generate(request, timeout=30)
+                    self.assertEqual(raised.exception.code(), grpc.StatusCode.INTERNAL)
+                    self.assertIn("non-finite logit", raised.exception.details())
+            self.assertIsNone(server.process.poll())
+            self.assertEqual(server.wait_idle().kv_blocks_used, 0)
+        finally:
+            server.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "engine/checkpoint/weights.h"
 #include "engine/cpu/cpu_backend.h"
 #include "tests/test_util.h"
@@ -203,6 +204,43 @@ TEST(CheckpointTest, UnsupportedGateTypeFailsAtLoad) {
   config.replace(config.find("\"mlp\""), 5, "\"linear\"");
   testing::WriteFile(dir.File("config.json"), config);
   EXPECT_THAT(LoadStatus(dir.path()).message(), HasSubstr("config.json: field 'gate_type' 'linear' is not supported"));
+}
+
+// A tensor edited to hold one non-finite bf16 value at `element`.
+void PoisonBf16(std::vector<TensorToWrite>& tensors, const std::string& name, size_t element, uint16_t bits) {
+  TensorToWrite* tensor = FindTensor(tensors, name);
+  ASSERT_NE(tensor, nullptr) << name;
+  ASSERT_EQ(tensor->dtype, DType::kBF16);
+  std::memcpy(&tensor->bytes[element * 2], &bits, 2);
+}
+
+TEST(CheckpointTest, NonFiniteWeightsAreNamedWithTheirPosition) {
+  struct Case {
+    const char* tensor;
+    size_t element;
+    uint16_t bits;
+    const char* value;
+  };
+  const Case cases[] = {{"lm_head.weight", 100, 0x7fc0, "nan"},
+                        {"transformer.ln_f.weight", 3, 0x7f80, "inf"},
+                        {"transformer.h.1.mlpf.experts.weight", 0, 0xff80, "-inf"}};
+  for (const Case& c : cases) {
+    testing::ScratchDir dir;
+    testing::WriteEditedCheckpoint("molm-tiny", dir.path(), [&](auto& tensors) { PoisonBf16(tensors, c.tensor, c.element, c.bits); });
+    absl::StatusOr<ModelWeights> weights = LoadWeights(dir.path());
+    ASSERT_TRUE(weights.ok()) << weights.status();  // loading alone does not read the values
+    absl::Status status = CheckWeightsFinite(*weights);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("tensor '", c.tensor, "': element ", c.element, " of ")));
+    EXPECT_THAT(status.message(), HasSubstr(absl::StrCat(" is ", c.value)));
+  }
+  absl::StatusOr<ModelWeights> clean = LoadWeights(testing::ReferenceDir("molm-tiny"));
+  ASSERT_TRUE(clean.ok());
+  EXPECT_TRUE(CheckWeightsFinite(*clean).ok());
+  // Every tensor the forward pass reads, as stored: more than the embeddings and head,
+  // less than the file (which also holds its header and training buffers).
+  EXPECT_GT(TotalWeightBytes(*clean), clean->wte.num_bytes() + clean->lm_head.num_bytes());
+  EXPECT_LT(TotalWeightBytes(*clean), fs::file_size(testing::ReferenceDir("molm-tiny") + "/model.safetensors"));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -19,7 +20,7 @@ std::map<int32_t, int> Histogram(const SamplingParams& params, int draws, uint64
   std::map<int32_t, int> counts;
   for (int i = 0; i < draws; ++i) {
     std::vector<float> logits = Logits();
-    ++counts[Sample(logits, params, history, rng).token];
+    ++counts[Sample(logits, params, history, rng)->token];
   }
   return counts;
 }
@@ -67,7 +68,7 @@ TEST(SamplerTest, SameSeedSameDraws) {
     std::mt19937_64 rng(seed);
     for (int i = 0; i < 50; ++i) {
       std::vector<float> logits = Logits();
-      out->push_back(Sample(logits, params, TokenHistory{}, rng).token);
+      out->push_back(Sample(logits, params, TokenHistory{}, rng)->token);
     }
   }
   EXPECT_EQ(first, second);
@@ -87,7 +88,7 @@ TEST(SamplerTest, PenaltiesChangeTheLogitsAsSpecified) {
   params.frequency_penalty = 0.25f;
   std::vector<float> logits = Logits();
   std::mt19937_64 rng(1);
-  Sample(logits, params, history, rng);
+  ASSERT_TRUE(Sample(logits, params, history, rng).ok());
   EXPECT_FLOAT_EQ(logits[3], 1.5f);                 // 3 / 2
   EXPECT_FLOAT_EQ(logits[0], 2.0f / 2 - 0.5f - 0.5f);  // /2, presence, 2 x frequency
   EXPECT_FLOAT_EQ(logits[4], -2.0f - 0.5f - 0.25f);    // x2 (negative), presence, frequency
@@ -103,7 +104,7 @@ TEST(SamplerTest, LogprobsComeFromTheRawLogits) {
   history.Add(3, false);
   std::vector<float> logits = Logits();
   std::mt19937_64 rng(1);
-  const SampleResult result = Sample(logits, params, history, rng);
+  const SampleResult result = *Sample(logits, params, history, rng);
   double total = 0;
   for (float logit : Logits()) total += std::exp(logit);
   EXPECT_EQ(result.token, 0);  // 3 was penalised to 1.0
@@ -203,7 +204,7 @@ TEST(SamplerTest, DrawsFollowTheFilteredDistributionOnALargeVocabulary) {
   constexpr int kDraws = 2000;
   for (int i = 0; i < kDraws; ++i) {
     std::vector<float> copy = logits;
-    const int32_t token = Sample(copy, params, TokenHistory{}, rng).token;
+    const int32_t token = Sample(copy, params, TokenHistory{}, rng)->token;
     ASSERT_TRUE(std::binary_search(support.begin(), support.end(), token)) << token;
     top_draws += token == top_token;
   }
@@ -218,7 +219,7 @@ TEST(SamplerTest, LogprobsOnALargeVocabularyMatchADoubleLogSoftmax) {
   params.num_logprobs = 20;
   std::vector<float> copy = logits;
   std::mt19937_64 rng(1);
-  const SampleResult result = Sample(copy, params, TokenHistory{}, rng);
+  const SampleResult result = *Sample(copy, params, TokenHistory{}, rng);
   double total = 0;
   for (float logit : logits) total += std::exp(static_cast<double>(logit));
   const std::vector<int32_t> top = ReferenceSupport(logits, SamplingParams{.temperature = 1.0f, .top_k = 20});
@@ -232,6 +233,67 @@ TEST(SamplerTest, LogprobsOnALargeVocabularyMatchADoubleLogSoftmax) {
   std::sort(reported.begin(), reported.end());
   EXPECT_EQ(reported, top);
   EXPECT_NEAR(result.logprob, logits[static_cast<size_t>(result.token)] - std::log(total), 1e-5);
+}
+
+// Extreme but valid parameters: each once drew from an empty candidate list (every token
+// id 0, or a read before the list). The draw must be the top token, as greedy would.
+TEST(SamplerTest, ExtremeTemperatureAndPenaltiesStillDrawTheTopToken) {
+  struct Case {
+    const char* name;
+    SamplingParams params;
+    bool seen;  // whether every token is in the history (the repetition penalty applies)
+  };
+  const Case cases[] = {
+      {"temperature 1e-40, top-k", {.temperature = 1e-40f, .top_k = 3}, false},
+      {"temperature 1e-40, min-p", {.temperature = 1e-40f, .min_p = 0.1f}, false},
+      {"temperature 1e-40", {.temperature = 1e-40f}, false},
+      {"repetition 1e-45, top-k", {.temperature = 1.0f, .top_k = 2, .repetition_penalty = 1e-45f}, true},
+      {"repetition 1e-45, min-p", {.temperature = 1.0f, .min_p = 0.5f, .repetition_penalty = 1e-45f}, true},
+      {"repetition 1e-45, temperature 1e-5",
+       {.temperature = 1e-5f, .top_p = 0.5f, .repetition_penalty = 1e-45f}, true},
+  };
+  for (const Case& c : cases) {
+    TokenHistory history;
+    if (c.seen) {
+      for (int32_t token = 0; token < 5; ++token) history.Add(token, false);
+    }
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
+      std::vector<float> logits = Logits();
+      std::mt19937_64 rng(seed);
+      absl::StatusOr<SampleResult> result = Sample(logits, c.params, history, rng);
+      ASSERT_TRUE(result.ok()) << c.name << ": " << result.status();
+      EXPECT_EQ(result->token, 3) << c.name;  // the largest logit (3.0), penalised or not
+    }
+  }
+}
+
+TEST(SamplerTest, TemperaturesBelowTheFloorAreGreedy) {
+  EXPECT_TRUE((SamplingParams{.temperature = 0.0f}).greedy());
+  EXPECT_TRUE((SamplingParams{.temperature = 1e-40f}).greedy());
+  EXPECT_TRUE((SamplingParams{.temperature = kMinTemperature / 2}).greedy());
+  EXPECT_FALSE((SamplingParams{.temperature = kMinTemperature}).greedy());
+  EXPECT_TRUE(PicksArgmax(SamplingParams{.temperature = 1e-30f}));
+}
+
+TEST(SamplerTest, NonFiniteLogitsAreAnErrorNamingTheToken) {
+  const float broken[] = {std::nanf(""), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()};
+  const SamplingParams params_list[] = {{.temperature = 0.0f}, {.temperature = 0.8f, .top_p = 0.9f},
+                                        {.temperature = 1.0f, .top_k = 2, .num_logprobs = 2}};
+  for (float value : broken) {
+    for (const SamplingParams& params : params_list) {
+      std::vector<float> logits = Logits();
+      logits[2] = value;
+      std::mt19937_64 rng(1);
+      absl::StatusOr<SampleResult> result = Sample(logits, params, TokenHistory{}, rng);
+      ASSERT_FALSE(result.ok()) << value;
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal);
+      EXPECT_NE(result.status().message().find("token 2"), std::string::npos) << result.status();
+    }
+  }
+  std::vector<float> all_nan(50295, std::nanf(""));
+  std::mt19937_64 rng(1);
+  EXPECT_FALSE(SampleFromRow(all_nan.data(), all_nan.size(), SamplingParams{}, TokenHistory{}, rng).ok());
 }
 
 }  // namespace
