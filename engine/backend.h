@@ -84,6 +84,9 @@ class Backend {
 
   // Memory.
   virtual absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) = 0;
+  // Bytes UploadWeight stores per element of a weight of this use (for sizing a model
+  // against FreeMemoryBytes before uploading it).
+  virtual int64_t StoredBytesPerWeight(WeightUse) const { return 4; }
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
   virtual void CopyFromHost(const void* host, Tensor& dst) = 0;    // whole tensor
   virtual void CopyToHost(const Tensor& src, void* host) = 0;      // whole tensor; synchronises

@@ -119,13 +119,19 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const ModelConfig& con
   int64_t memory_bytes = options.memory_bytes;
   if (num_blocks <= 0 && options.memory_fraction > 0) {
     if (options.memory_fraction > 1) return absl::InvalidArgumentError("KV cache: memory fraction must be in (0, 1]");
-    MF_ASSIGN_OR_RETURN(const int64_t free_bytes, backend.FreeMemoryBytes());
-    memory_bytes = static_cast<int64_t>(options.memory_fraction * static_cast<double>(free_bytes));
+    MF_ASSIGN_OR_RETURN(const int64_t free_now, backend.FreeMemoryBytes());
+    memory_bytes = static_cast<int64_t>(options.memory_fraction * static_cast<double>(free_now));
   }
   if (num_blocks <= 0) num_blocks = static_cast<int>(std::min<int64_t>(memory_bytes / bytes_per_block, INT32_MAX));
   if (num_blocks <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: ", memory_bytes,
                                                    " bytes hold no block (one block needs ", bytes_per_block, ")"));
+  }
+  MF_ASSIGN_OR_RETURN(const int64_t free_bytes, backend.FreeMemoryBytes());
+  if (static_cast<double>(num_blocks) * static_cast<double>(bytes_per_block) > static_cast<double>(free_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache: ", num_blocks, " blocks need ",
+                                                     static_cast<int64_t>(num_blocks) * bytes_per_block, " bytes; the ",
+                                                     backend.name(), " backend has ", free_bytes, " free"));
   }
   KvCache cache(options.block_size, row_width, num_blocks);
   for (int64_t layer = 0; layer < config.n_layer; ++layer) {

@@ -1,6 +1,8 @@
 #include "engine/model.h"
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/base/status_macros.h"
 #include "engine/model_step.h"
 
@@ -21,8 +23,50 @@ absl::StatusOr<Model::DeviceMixture> Model::UploadMixture(Backend& backend, cons
 
 Model::~Model() = default;
 
+namespace {
+
+// What Upload will store on `backend`, with the same use per tensor.
+int64_t UploadBytes(const ModelWeights& weights, const Backend& backend) {
+  int64_t bytes = 0;
+  auto add = [&](const HostTensor& tensor, WeightUse use) {
+    if (!tensor.empty()) bytes += tensor.num_elements() * backend.StoredBytesPerWeight(use);
+  };
+  add(weights.wte, WeightUse::kMatrix);
+  add(weights.lm_head, WeightUse::kMatrix);
+  add(weights.ln_f_weight, WeightUse::kVector);
+  add(weights.ln_f_bias, WeightUse::kVector);
+  for (const LayerWeights& layer : weights.layers) {
+    for (const HostTensor* vector : {&layer.ln1_weight, &layer.ln1_bias, &layer.ln2_weight, &layer.ln2_bias,
+                                     &layer.k_bias, &layer.v_bias}) {
+      add(*vector, WeightUse::kVector);
+    }
+    add(layer.k_weight, WeightUse::kMatrix);
+    add(layer.v_weight, WeightUse::kMatrix);
+    for (const MixtureWeights* mixture : {&layer.attention, &layer.mlp}) {
+      add(mixture->router_w1, WeightUse::kRouter);
+      add(mixture->router_b1, WeightUse::kRouter);
+      add(mixture->router_w2, WeightUse::kRouter);
+      add(mixture->experts_in, WeightUse::kMatrix);
+      add(mixture->experts_out, WeightUse::kMatrix);
+    }
+  }
+  return bytes;
+}
+
+std::string GiB(int64_t bytes) { return absl::StrFormat("%.2f GiB", static_cast<double>(bytes) / (1 << 30)); }
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelWeights& weights, std::unique_ptr<Backend> backend,
                                                      const KvCacheOptions& cache_options) {
+  // Checked before anything is allocated: an allocation that fails midway aborts or, with
+  // overcommit, lets the kernel kill the process later.
+  const int64_t needed = UploadBytes(weights, *backend);
+  MF_ASSIGN_OR_RETURN(const int64_t free_bytes, backend->FreeMemoryBytes());
+  if (needed > free_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("the model's weights need ", GiB(needed), " on the ",
+                                                     backend->name(), " backend; ", GiB(free_bytes), " are free"));
+  }
   std::unique_ptr<Model> model(new Model());
   model->config_ = weights.config;
   model->backend_ = std::move(backend);

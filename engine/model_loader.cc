@@ -7,6 +7,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/base/host_memory.h"
 #include "engine/base/status_macros.h"
 #include "engine/cpu/cpu_backend.h"
 
@@ -74,6 +76,15 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source) {
     MF_ASSIGN_OR_RETURN(weights, LoadWeights(source.model_dir));
   } else {
     MF_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(source.random_config));
+    // Random weights are made in host memory, as bf16.
+    MF_ASSIGN_OR_RETURN(const int64_t parameters, ParameterCount(config));
+    const int64_t host_bytes = parameters * 2;
+    if (const int64_t available = HostAvailableBytes(); host_bytes > available) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "--random-weights %s: %d parameters need %.1f GiB of host memory as bf16; %.1f GiB are available",
+          source.random_config, parameters, static_cast<double>(host_bytes) / (1 << 30),
+          static_cast<double>(available) / (1 << 30)));
+    }
     weights = RandomWeights(config, source.seed);
   }
   const bool check = source.check_weights == "true" ||
@@ -93,6 +104,13 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizerIfPresent(const st
   if (dir.empty()) return std::shared_ptr<const Tokenizer>();
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(dir));
   return std::shared_ptr<const Tokenizer>(std::move(tokenizer));
+}
+
+absl::Status CheckTokenizerFitsModel(const Tokenizer& tokenizer, const ModelConfig& config) {
+  if (tokenizer.vocab_size() <= config.vocab_size) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("the tokenizer's largest id is ", tokenizer.vocab_size() - 1,
+                                                    " but the model's vocab_size is ", config.vocab_size,
+                                                    ": they do not belong together (check --tokenizer)"));
 }
 
 }  // namespace mf

@@ -37,4 +37,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const ModelSource& source);
 absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizerIfPresent(const std::string& tokenizer_dir,
                                                                         const std::string& model_dir);
 
+// A tokenizer may serve a model only if every id it can produce is in the model's
+// vocabulary (checkpoints often pad the vocabulary past the tokenizer's, never the reverse).
+absl::Status CheckTokenizerFitsModel(const Tokenizer& tokenizer, const ModelConfig& config);
+
 }  // namespace mf

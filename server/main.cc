@@ -84,6 +84,9 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
     std::exit(1);
   }
   auto tokenizer = mf::LoadTokenizerIfPresent(absl::GetFlag(FLAGS_tokenizer), source.model_dir);
+  if (tokenizer.ok() && *tokenizer != nullptr) {
+    if (absl::Status fits = mf::CheckTokenizerFitsModel(**tokenizer, (*model)->config()); !fits.ok()) tokenizer = fits;
+  }
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(tokenizer.status().message()).c_str());
     std::exit(1);

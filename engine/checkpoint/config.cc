@@ -1,5 +1,6 @@
 #include "engine/checkpoint/config.h"
 
+#include <climits>
 #include <fstream>
 #include <sstream>
 
@@ -66,6 +67,8 @@ absl::Status Validate(const ModelConfig& config, const std::string& source) {
       {"k_mlp", config.k_mlp}};
   for (const auto& [field, value] : positive) {
     if (value <= 0) return FieldError(source, field, "must be positive");
+    // Sizes index int32 token ids and kernel dimensions.
+    if (value > INT32_MAX) return FieldError(source, field, absl::StrCat(value, " exceeds 2^31 - 1"));
   }
   if (config.att_hidden % config.n_head != 0) {
     return FieldError(source, "att_hidden", "must be divisible by n_head");
@@ -79,10 +82,29 @@ absl::Status Validate(const ModelConfig& config, const std::string& source) {
   if (!(config.layer_norm_epsilon > 0)) {
     return FieldError(source, "layer_norm_epsilon", "must be positive");
   }
+  if (absl::StatusOr<int64_t> parameters = ParameterCount(config); !parameters.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", parameters.status().message()));
+  }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::StatusOr<int64_t> ParameterCount(const ModelConfig& config) {
+  // Every dimension is below 2^31 (Validate), so no product of three overflows 128 bits.
+  using Wide = __int128;
+  const Wide d = config.n_embd, layers = config.n_layer, gating = config.gating_size;
+  Wide total = Wide{config.vocab_size} * d * (config.tie_word_embeddings ? 1 : 2) + 2 * d;  // wte, lm_head, ln_f
+  for (const auto& [experts, hidden] : {std::pair{config.n_att_experts, config.att_hidden},
+                                        std::pair{config.n_mlp_experts, config.ffd_hidden}}) {
+    const Wide router = gating * (d + 1) + Wide{experts} * gating;
+    total += layers * (router + Wide{experts} * 2 * d * hidden);
+  }
+  total += layers * 4 * d;  // LayerNorms
+  if (!config.kv_is_identity()) total += layers * 2 * Wide{config.att_hidden} * (d + 1);
+  if (total > INT64_MAX) return absl::InvalidArgumentError("the model's parameter count exceeds 2^63");
+  return static_cast<int64_t>(total);
+}
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& source) {

@@ -38,6 +38,11 @@ struct ModelConfig {
   int64_t kv_width() const { return kv_is_identity() ? n_embd : 2 * att_hidden; }
 };
 
+// Parameters of the model the config describes (every expert, both mixtures, embeddings
+// and head), for sizing memory before anything is allocated; an error when the count does
+// not fit in 63 bits.
+absl::StatusOr<int64_t> ParameterCount(const ModelConfig& config);
+
 // Parses and validates config text; `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& source);

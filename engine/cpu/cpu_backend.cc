@@ -1,7 +1,6 @@
 #include "engine/cpu/cpu_backend.h"
 
 #include <cblas.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/base/host_memory.h"
 #include "engine/base/status_macros.h"
 #include "engine/routing.h"
 
@@ -36,9 +36,9 @@ absl::StatusOr<Tensor> AllocateHost(DType dtype, std::vector<int64_t> shape) {
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 
 absl::StatusOr<int64_t> CpuBackend::FreeMemoryBytes() const {
-  const long pages = sysconf(_SC_AVPHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page_size <= 0) return absl::InternalError("cpu backend: cannot read free memory");
-  return static_cast<int64_t>(pages) * page_size;
+  const int64_t available = HostAvailableBytes();
+  if (available <= 0) return absl::InternalError("cpu backend: cannot read available memory");
+  return available;
 }
 
 absl::StatusOr<Tensor> CpuBackend::UploadWeight(const HostTensor& host, WeightUse) {

@@ -40,6 +40,8 @@ class CudaBackend : public Backend {
   absl::StatusOr<int64_t> FreeMemoryBytes() const override;
 
   absl::StatusOr<Tensor> UploadWeight(const HostTensor& host, WeightUse use) override;
+  // Matrices in bf16, routers and vectors in fp32 (UploadWeight).
+  int64_t StoredBytesPerWeight(WeightUse use) const override { return use == WeightUse::kMatrix ? 2 : 4; }
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
   void CopyToHost(const Tensor& src, void* host) override;

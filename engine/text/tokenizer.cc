@@ -21,7 +21,9 @@ constexpr size_t kMaxCachedPiece = 64;
 }  // namespace
 
 absl::Status Tokenizer::AddToken(const std::string& bytes, int32_t id, bool special, const std::string& source) {
-  if (id < 0) return absl::InvalidArgumentError(absl::StrCat(source, ": negative token id ", id));
+  if (id < 0 || id > kMaxTokenId) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": token id ", id, " is outside [0, ", kMaxTokenId, "]"));
+  }
   if (static_cast<size_t>(id) >= token_bytes_.size()) {
     token_bytes_.resize(static_cast<size_t>(id) + 1);
     has_token_.resize(static_cast<size_t>(id) + 1, false);

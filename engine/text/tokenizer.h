@@ -44,6 +44,10 @@ class Tokenizer {
   // Text of the ids: invalid UTF-8 replaced by U+FFFD, as a streaming decode would.
   absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids, bool skip_special = false) const;
 
+  // Ids above this are refused at load: a vocabulary is stored densely up to its largest
+  // id, and no real tokenizer comes near 16.7 million tokens.
+  static constexpr int32_t kMaxTokenId = (1 << 24) - 1;
+
   int32_t vocab_size() const { return static_cast<int32_t>(token_bytes_.size()); }
   bool IsValidId(int32_t id) const { return id >= 0 && id < vocab_size() && has_token_[static_cast<size_t>(id)]; }
   bool IsSpecial(int32_t id) const { return IsValidId(id) && is_special_[static_cast<size_t>(id)]; }

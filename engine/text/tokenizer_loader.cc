@@ -42,14 +42,28 @@ absl::StatusOr<std::string> ReadText(const fs::path& path) {
   return text.str();
 }
 
+// A token id read at its full width (a narrowing read would turn 2^31 into a negative
+// id and 2^32 into 0), then checked against the range a vocabulary can use.
+absl::StatusOr<int32_t> ReadTokenId(const json& id, const std::string& source, const std::string& entry) {
+  if (!id.is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", entry, " has no integer id"));
+  }
+  const bool in_range = id.is_number_unsigned() ? id.get<uint64_t>() <= static_cast<uint64_t>(Tokenizer::kMaxTokenId)
+                                                : id.get<int64_t>() >= 0 && id.get<int64_t>() <= Tokenizer::kMaxTokenId;
+  if (!in_range) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", entry, " has id ", id.dump(), ", outside [0, ",
+                                                   Tokenizer::kMaxTokenId, "]"));
+  }
+  return static_cast<int32_t>(id.get<int64_t>());
+}
+
 absl::StatusOr<std::unordered_map<std::string, int32_t>> ParseVocab(const json& vocab, const std::string& source) {
   if (!vocab.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": vocab must be an object"));
   std::unordered_map<std::string, int32_t> result;
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": vocab entry '", token, "' has no integer id"));
-    }
-    result[token] = id.get<int32_t>();
+    absl::StatusOr<int32_t> checked = ReadTokenId(id, source, absl::StrCat("vocab entry '", token, "'"));
+    if (!checked.ok()) return checked.status();
+    result[token] = *checked;
   }
   return result;
 }
@@ -104,7 +118,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> FromTokenizerJsonDoc(const json& doc,
         !token.contains("content") || !token["content"].is_string()) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": added_tokens entries need 'id' and 'content'"));
     }
-    added.push_back({token["content"].get<std::string>(), token["id"].get<int32_t>(), token.value("special", false)});
+    const std::string content = token["content"].get<std::string>();
+    absl::StatusOr<int32_t> id = ReadTokenId(token["id"], source, absl::StrCat("added token '", content, "'"));
+    if (!id.ok()) return id.status();
+    added.push_back({content, *id, token.value("special", false)});
   }
   return Tokenizer::FromVocabAndMerges(*vocab, merges, added, source);
 }

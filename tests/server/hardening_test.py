@@ -149,5 +149,45 @@ class BrokenWeightsTest(unittest.TestCase):
             server.close()
 
 
+def start_and_fail(*args):
+    """Runs the server with `args`, expecting it to refuse to start; returns its stderr."""
+    command = [harness.SERVER, "--port", "0", "--metrics-port", "-1", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if result.returncode != 1:
+        raise AssertionError(f"exit {result.returncode} (1 expected): {result.stderr}")
+    return result.stderr
+
+
+class StartupLimitsTest(unittest.TestCase):
+    """8. Shapes and sizes are checked before anything is allocated."""
+
+    def absurd_config(self, **fields):
+        with open(os.path.join(harness.ROOT, "configs", "moduleformer-cpu-bench.json")) as f:
+            config = json.load(f)
+        config.update(fields)
+        path = os.path.join(tempfile.mkdtemp(prefix="mf-config-"), "config.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return path
+
+    def test_absurd_random_shapes_are_refused_before_allocating(self):
+        for fields in (dict(n_layer=1_000_000), dict(n_embd=1_000_000), dict(vocab_size=2**31 - 1)):
+            with self.subTest(**fields):
+                start = time.monotonic()
+                stderr = start_and_fail("--random-weights", self.absurd_config(**fields))
+                self.assertRegex(stderr, r"parameters need [0-9.]+ GiB of host memory as bf16; [0-9.]+ GiB are available")
+                self.assertLess(time.monotonic() - start, 10)
+        stderr = start_and_fail("--random-weights", self.absurd_config(vocab_size=2**31))
+        self.assertIn("field 'vocab_size' 2147483648 exceeds 2^31 - 1", stderr)
+
+    def test_a_kv_cache_larger_than_memory_is_refused(self):
+        stderr = start_and_fail("--model", harness.reference_dir("molm-tiny"), "--kv-cache-mb", "100000000")
+        self.assertRegex(stderr, r"KV cache: \d+ blocks need \d+ bytes; the cpu backend has \d+ free")
+
+    def test_a_tokenizer_with_ids_beyond_the_models_vocabulary_is_refused(self):
+        stderr = start_and_fail("--model", harness.reference_dir("molm-tiny"), "--tokenizer", harness.GPT2_TOKENIZER)
+        self.assertIn("the tokenizer's largest id is 50256 but the model's vocab_size is 512", stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

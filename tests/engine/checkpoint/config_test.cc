@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+#include "engine/checkpoint/weights.h"
+#include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 
 namespace mf {
@@ -79,6 +82,36 @@ TEST(ConfigTest, RejectsBadFieldsByName) {
   EXPECT_THAT(ParseModelConfig(TinyConfigWith("activation_function", "\"relu\""), "c").status().message(),
               HasSubstr("'activation_function'"));
   EXPECT_THAT(ParseModelConfig("{}", "c").status().message(), HasSubstr("'vocab_size' is missing"));
+}
+
+TEST(ConfigTest, SizesBeyondTheSupportedRangeAreNamed) {
+  const std::string base = testing::ReadFile(testing::ReferenceDir("molm-tiny") + "/config.json");
+  for (const char* field : {"vocab_size", "n_embd", "n_layer", "ffd_hidden"}) {
+    nlohmann::json doc = nlohmann::json::parse(base);
+    doc[field] = 2147483648LL;
+    EXPECT_THAT(ParseModelConfig(doc.dump(), "c.json").status().message(),
+                HasSubstr(absl::StrCat("c.json: field '", field, "' 2147483648 exceeds 2^31 - 1")));
+  }
+  // Every dimension in range, the product not: 2^31 experts of 2^31 x 2^31 in 2^31 layers.
+  nlohmann::json doc = nlohmann::json::parse(base);
+  for (const char* field : {"n_embd", "n_layer", "ffd_hidden", "n_mlp_experts"}) doc[field] = 2147483647LL;
+  EXPECT_THAT(ParseModelConfig(doc.dump(), "c.json").status().message(),
+              HasSubstr("c.json: the model's parameter count exceeds 2^63"));
+}
+
+// The count sizes memory before loading, so it must be exactly what the checkpoint holds.
+TEST(ConfigTest, ParameterCountEqualsTheCheckpointsWeights) {
+  for (const char* name : {"molm-tiny", "projected-kv"}) {  // "pruned" differs from its config by design
+    auto config = LoadModelConfig(testing::ReferenceDir(name) + "/config.json");
+    auto weights = LoadWeights(testing::ReferenceDir(name));
+    ASSERT_TRUE(config.ok() && weights.ok()) << name;
+    auto parameters = ParameterCount(*config);
+    ASSERT_TRUE(parameters.ok()) << parameters.status();
+    EXPECT_EQ(*parameters * 2, static_cast<int64_t>(TotalWeightBytes(*weights))) << name;  // bf16 fixtures
+  }
+  auto molm = LoadModelConfig(std::string(MF_SOURCE_DIR) + "/configs/molm-350m-4b.json");
+  ASSERT_TRUE(molm.ok());
+  EXPECT_NEAR(static_cast<double>(*ParameterCount(*molm)), 4.0e9, 0.5e9);  // the "4B" of its name
 }
 
 }  // namespace

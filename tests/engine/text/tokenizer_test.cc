@@ -1,3 +1,4 @@
+#include "absl/strings/str_cat.h"
 #include "engine/text/tokenizer.h"
 
 #include <gmock/gmock.h>
@@ -139,6 +140,25 @@ TEST(TokenizerTest, MalformedFilesAreClearErrors) {
   EXPECT_THAT(Tokenizer::FromTokenizerJson(doc.dump(), "t.json").status().message(),
               HasSubstr("token id 50257 is assigned twice"));
   EXPECT_THAT(Tokenizer::Load("/nonexistent").status().message(), HasSubstr("no tokenizer.json"));
+}
+
+// Ids are read at full width: 2^31 once came back as a negative id, 2^32 + 5 as id 5.
+TEST(TokenizerTest, IdsOutsideTheSupportedRangeAreReportedWithTheirTrueValue) {
+  for (const char* id : {"2147483648", "1099511627776", "4294967301", "-3", "16777216"}) {
+    json doc = json::parse(BuildTokenizerJson());
+    doc["model"]["vocab"]["zzz"] = json::parse(id);
+    EXPECT_THAT(Tokenizer::FromTokenizerJson(doc.dump(), "t.json").status().message(),
+                HasSubstr(absl::StrCat("vocab entry 'zzz' has id ", id, ", outside [0, 16777215]")));
+    doc = json::parse(BuildTokenizerJson());
+    doc["added_tokens"].push_back({{"id", json::parse(id)}, {"content", "<x>"}});
+    EXPECT_THAT(Tokenizer::FromTokenizerJson(doc.dump(), "t.json").status().message(),
+                HasSubstr(absl::StrCat("added token '<x>' has id ", id, ", outside [0, 16777215]")));
+  }
+  json doc = json::parse(BuildTokenizerJson());
+  doc["added_tokens"].push_back({{"id", Tokenizer::kMaxTokenId}, {"content", "<last>"}});
+  auto largest = Tokenizer::FromTokenizerJson(doc.dump(), "t.json");
+  ASSERT_TRUE(largest.ok()) << largest.status();
+  EXPECT_EQ((*largest)->vocab_size(), Tokenizer::kMaxTokenId + 1);
 }
 
 std::vector<std::string> Pieces(std::string_view text) {
