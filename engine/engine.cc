@@ -160,10 +160,16 @@ void Engine::SweepCancelledAndExpired() {
   for (auto& [id, sequence] : sequences_) {
     if (sequence->cancel_requested || now >= sequence->request.deadline) done.push_back(sequence.get());
   }
+  // A client whose deadline expires cancels the call (RST_STREAM), which can arrive just
+  // before the server's copy of the deadline, taken when the request arrived: a cancel
+  // that close to the deadline is the deadline.
+  constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(250);
   for (Sequence* sequence : done) {
-    const bool expired = !sequence->cancel_requested;
+    const bool expired = now + (sequence->cancel_requested ? kDeadlineSlack : absl::ZeroDuration()) >=
+                         sequence->request.deadline;
     Finish(*sequence, FinishReason::kCancelled,
-           expired ? absl::DeadlineExceededError("deadline exceeded before generation finished") : absl::OkStatus(),
+           expired ? absl::DeadlineExceededError("deadline exceeded before generation finished")
+                   : absl::CancelledError("cancelled by the client"),
            GenerationUpdate{});
   }
 }

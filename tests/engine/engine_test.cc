@@ -142,9 +142,20 @@ TEST(EngineTest, CancelAndDeadlineFreeEverything) {
   GenerationRequest late = Greedy({4, 5, 6}, 500);
   late.deadline = absl::Now() + absl::Milliseconds(20);
   ASSERT_TRUE(engine->Submit(late, expired.Callback()).ok());
+  // Cancelled after its deadline passed (gRPC cancels a call whose deadline expires).
+  Collector expired_then_cancelled;
+  GenerationRequest past = Greedy({7, 8, 9}, 500);
+  past.deadline = absl::Now() + absl::Milliseconds(20);
+  auto past_id = engine->Submit(past, expired_then_cancelled.Callback());
+  ASSERT_TRUE(past_id.ok());
+  absl::SleepFor(absl::Milliseconds(30));
+  engine->Cancel(*past_id);
   engine->Cancel(*id);
-  EXPECT_EQ(cancelled.Wait().finish_reason, FinishReason::kCancelled);
+  const GenerationUpdate cancelled_final = cancelled.Wait();
+  EXPECT_EQ(cancelled_final.finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(cancelled_final.status.code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(expired.Wait().status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(expired_then_cancelled.Wait().status.code(), absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(engine->WaitUntilIdle(absl::Seconds(10)));
   EXPECT_EQ(engine->stats().kv_blocks_used, 0);
 }

@@ -189,5 +189,57 @@ class StartupLimitsTest(unittest.TestCase):
         self.assertIn("the tokenizer's largest id is 50256 but the model's vocab_size is 512", stderr)
 
 
+def request_counts(server):
+    """{(rpc, code): count} of moduleformer_requests_total."""
+    counts = {}
+    for (name, labels), value in harness.parse_metrics(server.scrape()).items():
+        if name == "moduleformer_requests_total":
+            labels = dict(labels)
+            counts[(labels["rpc"], labels["code"])] = int(float(value))
+    return counts
+
+
+def log_codes(path, rpc):
+    with open(path) as f:
+        return [json.loads(line)["code"] for line in f if json.loads(line)["rpc"] == rpc]
+
+
+class OutcomeAccountingTest(unittest.TestCase):
+    """7. Every call is counted and logged with the code its client saw."""
+
+    def test_deadlines_and_cancellations_are_counted_as_such(self):
+        log = os.path.join(tempfile.mkdtemp(prefix="mf-log-"), "requests.jsonl")
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--request-log", log)
+        try:
+            seen = []
+            for _ in range(5):
+                for call in (server.stub.Generate, lambda r, timeout: list(server.stub.Stream(r, timeout=timeout))):
+                    with self.assertRaises(grpc.RpcError) as raised:
+                        call(harness.greedy_request([1, 2, 3], 4000), timeout=0.15)
+                    seen.append(raised.exception.code())
+            self.assertEqual(set(seen), {grpc.StatusCode.DEADLINE_EXCEEDED})
+            streams = [server.stub.Stream(harness.greedy_request([4, 5, 6], 4000), timeout=60) for _ in range(4)]
+            for stream in streams:
+                next(stream)
+                stream.cancel()
+            server.wait_idle()
+            deadline = time.time() + 10
+            while time.time() < deadline:  # the last calls finish just after the engine lets them go
+                counts = request_counts(server)
+                if counts.get(("Stream", "CANCELLED"), 0) == 4:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(counts.get(("Generate", "DEADLINE_EXCEEDED")), 5, counts)
+            self.assertEqual(counts.get(("Stream", "DEADLINE_EXCEEDED")), 5, counts)
+            self.assertEqual(counts.get(("Stream", "CANCELLED")), 4, counts)
+            self.assertNotIn(("Generate", "OK"), counts)
+            self.assertNotIn(("Stream", "OK"), counts)
+            server.close()
+            self.assertEqual(sorted(log_codes(log, "Generate")), ["DEADLINE_EXCEEDED"] * 5)
+            self.assertEqual(sorted(log_codes(log, "Stream")), ["CANCELLED"] * 4 + ["DEADLINE_EXCEEDED"] * 5)
+        finally:
+            server.close()
+
+
 if __name__ == "__main__":
     unittest.main()
