@@ -20,6 +20,7 @@
 #include "server/command_line.h"
 #include "server/model_flags.h"
 #include "server/service.h"
+#include "server/wire.h"
 
 ABSL_FLAG(std::string, tokenizer, "", "Tokenizer directory (default: the model directory, if it has one)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
@@ -149,6 +150,7 @@ int main(int argc, char** argv) {
   mf::server::ModuleFormerService service(*engine, model_name, source.device,
                                           export_metrics ? metrics.get() : nullptr, request_log.get());
 
+  mf::server::QuietProtobufUtf8Errors();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -6,6 +6,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "server/request_conversion.h"
+#include "server/wire.h"
 
 namespace mf::server {
 namespace {
@@ -22,12 +23,13 @@ void FinishCounted(Reactor* reactor, ServerMetrics* metrics, const char* rpc, co
 // A generation call's line in the request log, if there is one, and its finish.
 class CallLog {
  public:
-  CallLog(RequestLog* log, const char* rpc, grpc::CallbackServerContext* context, const pb::GenerateRequest& request)
-      : log_(log), rpc_(rpc) {
+  CallLog(RequestLog* log, const char* rpc, grpc::CallbackServerContext* context) : log_(log), rpc_(rpc) {
     if (log_ == nullptr) return;
     record_.rpc = rpc;
     record_.peer = context->peer();
-    record_.stats_tag = request.stats_tag();
+  }
+  void TakeRequest(const pb::GenerateRequest& request) {
+    if (log_ != nullptr) record_.stats_tag = request.stats_tag();
   }
   // Engine thread, before the call finishes.
   void TakeFinal(const GenerationUpdate& final_update) {
@@ -90,10 +92,15 @@ class GuardedRequest {
 class GenerateReactor : public grpc::ServerUnaryReactor {
  public:
   GenerateReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
-                  const pb::GenerateRequest& request, pb::GenerateResponse* response)
-      : engine_(engine), metrics_(metrics), response_(response), call_log_(log, "Generate", context, request) {
-    absl::Status submitted = request_.Submit(engine, context, request,
-                                             [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
+                  const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* raw_response)
+      : engine_(engine), metrics_(metrics), raw_response_(raw_response), call_log_(log, "Generate", context) {
+    pb::GenerateRequest request;
+    absl::Status submitted = ParseRequest(raw_request, &request);
+    call_log_.TakeRequest(request);
+    if (submitted.ok()) {
+      submitted = request_.Submit(engine, context, request,
+                                  [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
+    }
     if (!submitted.ok()) call_log_.Finish(this, metrics_, ToGrpcStatus(submitted));
   }
 
@@ -105,29 +112,36 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
   void OnUpdate(GenerationUpdate&& update) {
     {
       absl::MutexLock lock(&request_.mutex());  // waits for the constructor to finish
-      AppendUpdate(update, response_);
+      AppendUpdate(update, &response_);
       if (!update.finished) return;
       call_log_.TakeFinal(update);
+      *raw_response_ = Serialize(response_);
     }
     call_log_.Finish(this, metrics_, ToGrpcStatus(update.status));
   }
 
   Engine& engine_;
   ServerMetrics* metrics_;
-  pb::GenerateResponse* response_;
+  pb::GenerateResponse response_;
+  grpc::ByteBuffer* raw_response_;
   CallLog call_log_;
   GuardedRequest request_;
 };
 
 // Server streaming: one message per engine update, written one at a time. Updates
 // that arrive during a write queue up; the final message is followed by Finish.
-class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
+class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   StreamReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
-                const pb::GenerateRequest& request)
-      : engine_(engine), metrics_(metrics), call_log_(log, "Stream", context, request) {
-    absl::Status submitted = request_.Submit(engine, context, request,
-                                             [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
+                const grpc::ByteBuffer& raw_request)
+      : engine_(engine), metrics_(metrics), call_log_(log, "Stream", context) {
+    pb::GenerateRequest request;
+    absl::Status submitted = ParseRequest(raw_request, &request);
+    call_log_.TakeRequest(request);
+    if (submitted.ok()) {
+      submitted = request_.Submit(engine, context, request,
+                                  [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
+    }
     if (!submitted.ok()) call_log_.Finish(this, metrics_, ToGrpcStatus(submitted));
   }
 
@@ -148,7 +162,7 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
     { absl::MutexLock constructed(&request_.mutex()); }  // waits for the constructor to finish
     {
       absl::MutexLock lock(&mutex_);
-      pending_.push_back(ToStreamResponse(update));
+      pending_.push_back(Serialize(ToStreamResponse(update)));
       if (update.finished) {
         final_received_ = true;
         final_status_ = ToGrpcStatus(update.status);
@@ -185,8 +199,8 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
   CallLog call_log_;  // its final record is written under mutex_, read after
   GuardedRequest request_;
   absl::Mutex mutex_;
-  std::deque<pb::StreamResponse> pending_ ABSL_GUARDED_BY(mutex_);
-  pb::StreamResponse current_;  // the message being written
+  std::deque<grpc::ByteBuffer> pending_ ABSL_GUARDED_BY(mutex_);
+  grpc::ByteBuffer current_;  // the message being written
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;
   bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool finish_called_ ABSL_GUARDED_BY(mutex_) = false;
@@ -194,36 +208,73 @@ class StreamReactor : public grpc::ServerWriteReactor<pb::StreamResponse> {
   grpc::Status final_status_;
 };
 
+// A unary call answered at once: parse, `handle`, serialize, finish counted.
+template <typename Request, typename Response, typename Handle>
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw_request,
+                                     grpc::ByteBuffer* raw_response, ServerMetrics* metrics, const char* rpc,
+                                     Handle handle) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Request request;
+  Response response;
+  grpc::Status status = ToGrpcStatus(ParseRequest(raw_request, &request));
+  if (status.ok()) status = handle(request, &response);
+  if (status.ok()) *raw_response = Serialize(response);
+  FinishCounted(reactor, metrics, rpc, status);
+  return reactor;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* ModuleFormerService::Generate(grpc::CallbackServerContext* context,
-                                                        const pb::GenerateRequest* request,
-                                                        pb::GenerateResponse* response) {
+                                                        const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   return new GenerateReactor(engine_, metrics_, request_log_, context, *request, response);
 }
 
-grpc::ServerWriteReactor<pb::StreamResponse>* ModuleFormerService::Stream(grpc::CallbackServerContext* context,
-                                                                          const pb::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ModuleFormerService::Stream(grpc::CallbackServerContext* context,
+                                                                        const grpc::ByteBuffer* request) {
   return new StreamReactor(engine_, metrics_, request_log_, context, *request);
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::Tokenize(grpc::CallbackServerContext* context,
-                                                        const pb::TokenizeRequest* request,
-                                                        pb::TokenizeResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (engine_.tokenizer() == nullptr) {
-    FinishCounted(reactor, metrics_, "Tokenize",
-                  grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
-    return reactor;
-  }
-  const std::vector<int32_t> ids = engine_.tokenizer()->Encode(request->text(), {request->allow_special_tokens()});
-  response->mutable_token_ids()->Add(ids.begin(), ids.end());
-  FinishCounted(reactor, metrics_, "Tokenize", grpc::Status::OK);
-  return reactor;
+                                                        const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return ServeUnary<pb::TokenizeRequest, pb::TokenizeResponse>(
+      context, *request, response, metrics_, "Tokenize",
+      [this](const pb::TokenizeRequest& parsed, pb::TokenizeResponse* out) { return TokenizeParsed(parsed, out); });
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::ModelInfo(grpc::CallbackServerContext* context,
-                                                         const pb::ModelInfoRequest*, pb::ModelInfoResponse* response) {
+                                                         const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return ServeUnary<pb::ModelInfoRequest, pb::ModelInfoResponse>(
+      context, *request, response, metrics_, "ModelInfo",
+      [this](const pb::ModelInfoRequest&, pb::ModelInfoResponse* out) { return ModelInfoParsed(out); });
+}
+
+grpc::ServerUnaryReactor* ModuleFormerService::GetLoad(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return ServeUnary<pb::LoadRequest, pb::LoadResponse>(
+      context, *request, response, metrics_, "GetLoad",
+      [this](const pb::LoadRequest&, pb::LoadResponse* out) { return GetLoadParsed(out); });
+}
+
+grpc::ServerUnaryReactor* ModuleFormerService::ExpertStats(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return ServeUnary<pb::ExpertStatsRequest, pb::ExpertStatsResponse>(
+      context, *request, response, metrics_, "ExpertStats",
+      [this](const pb::ExpertStatsRequest& parsed, pb::ExpertStatsResponse* out) {
+        return ExpertStatsParsed(parsed, out);
+      });
+}
+
+grpc::Status ModuleFormerService::TokenizeParsed(const pb::TokenizeRequest& request, pb::TokenizeResponse* response) {
+  if (engine_.tokenizer() == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer");
+  }
+  const std::vector<int32_t> ids = engine_.tokenizer()->Encode(request.text(), {request.allow_special_tokens()});
+  response->mutable_token_ids()->Add(ids.begin(), ids.end());
+  return grpc::Status::OK;
+}
+
+grpc::Status ModuleFormerService::ModelInfoParsed(pb::ModelInfoResponse* response) {
   const ModelConfig& config = engine_.model_config();
   response->set_model_name(model_name_);
   response->set_backend(backend_name_);
@@ -247,13 +298,10 @@ grpc::ServerUnaryReactor* ModuleFormerService::ModelInfo(grpc::CallbackServerCon
   response->set_kv_block_size(static_cast<uint32_t>(allocator.block_size()));
   response->set_kv_blocks(static_cast<uint32_t>(allocator.num_blocks()));
   response->set_max_batch_tokens(static_cast<uint32_t>(engine_.config().scheduler.max_batch_tokens));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  FinishCounted(reactor, metrics_, "ModelInfo", grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* ModuleFormerService::GetLoad(grpc::CallbackServerContext* context, const pb::LoadRequest*,
-                                                       pb::LoadResponse* response) {
+grpc::Status ModuleFormerService::GetLoadParsed(pb::LoadResponse* response) {
   const EngineStats stats = engine_.stats();
   response->set_running_requests(static_cast<uint32_t>(stats.running));
   response->set_waiting_requests(static_cast<uint32_t>(stats.waiting));
@@ -263,18 +311,15 @@ grpc::ServerUnaryReactor* ModuleFormerService::GetLoad(grpc::CallbackServerConte
   response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
   response->set_steps(static_cast<uint64_t>(stats.steps));
   response->set_draining(stats.draining);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  FinishCounted(reactor, metrics_, "GetLoad", grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* ModuleFormerService::ExpertStats(grpc::CallbackServerContext* context,
-                                                           const pb::ExpertStatsRequest* request,
-                                                           pb::ExpertStatsResponse* response) {
-  const ExpertStats::Window window = engine_.expert_stats().SinceReset(request->stats_tag(), request->reset());
+grpc::Status ModuleFormerService::ExpertStatsParsed(const pb::ExpertStatsRequest& request,
+                                                    pb::ExpertStatsResponse* response) {
+  const ExpertStats::Window window = engine_.expert_stats().SinceReset(request.stats_tag(), request.reset());
   response->set_tokens(window.tokens);
   response->set_seconds_since_reset(absl::ToDoubleSeconds(window.since_reset));
-  response->set_stats_tag(request->stats_tag());
+  response->set_stats_tag(request.stats_tag());
   for (size_t layer = 0; layer < window.counts.size(); ++layer) {
     pb::LayerExpertStats* stats = response->add_layers();
     stats->set_layer(static_cast<uint32_t>(layer));
@@ -288,9 +333,7 @@ grpc::ServerUnaryReactor* ModuleFormerService::ExpertStats(grpc::CallbackServerC
       }
     }
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  FinishCounted(reactor, metrics_, "ExpertStats", grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
 }  // namespace mf::server

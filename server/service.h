@@ -12,7 +12,16 @@
 
 namespace mf::server {
 
-class ModuleFormerService final : public moduleformer::v1::ModuleFormer::CallbackService {
+namespace internal {
+namespace v1 = moduleformer::v1;
+// Every method takes its request as bytes and parses it itself (server/wire.h).
+using RawService = v1::ModuleFormer::WithRawCallbackMethod_Generate<v1::ModuleFormer::WithRawCallbackMethod_Stream<
+    v1::ModuleFormer::WithRawCallbackMethod_Tokenize<v1::ModuleFormer::WithRawCallbackMethod_ModelInfo<
+        v1::ModuleFormer::WithRawCallbackMethod_GetLoad<v1::ModuleFormer::WithRawCallbackMethod_ExpertStats<
+            v1::ModuleFormer::Service>>>>>>;
+}  // namespace internal
+
+class ModuleFormerService final : public internal::RawService {
  public:
   // `metrics` (no exporter) and `request_log` (no log) may be null.
   ModuleFormerService(Engine& engine, std::string model_name, std::string backend_name, ServerMetrics* metrics,
@@ -20,24 +29,27 @@ class ModuleFormerService final : public moduleformer::v1::ModuleFormer::Callbac
       : engine_(engine), model_name_(std::move(model_name)), backend_name_(std::move(backend_name)),
         metrics_(metrics), request_log_(request_log) {}
 
-  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
-                                     const moduleformer::v1::GenerateRequest* request,
-                                     moduleformer::v1::GenerateResponse* response) override;
-  grpc::ServerWriteReactor<moduleformer::v1::StreamResponse>* Stream(
-      grpc::CallbackServerContext* context, const moduleformer::v1::GenerateRequest* request) override;
-  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const moduleformer::v1::TokenizeRequest* request,
-                                     moduleformer::v1::TokenizeResponse* response) override;
-  grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* context,
-                                      const moduleformer::v1::ModelInfoRequest* request,
-                                      moduleformer::v1::ModelInfoResponse* response) override;
-  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const moduleformer::v1::LoadRequest* request,
-                                    moduleformer::v1::LoadResponse* response) override;
-  grpc::ServerUnaryReactor* ExpertStats(grpc::CallbackServerContext* context,
-                                        const moduleformer::v1::ExpertStatsRequest* request,
-                                        moduleformer::v1::ExpertStatsResponse* response) override;
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Stream(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ExpertStats(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
  private:
+  grpc::Status TokenizeParsed(const moduleformer::v1::TokenizeRequest& request,
+                              moduleformer::v1::TokenizeResponse* response);
+  grpc::Status ModelInfoParsed(moduleformer::v1::ModelInfoResponse* response);
+  grpc::Status GetLoadParsed(moduleformer::v1::LoadResponse* response);
+  grpc::Status ExpertStatsParsed(const moduleformer::v1::ExpertStatsRequest& request,
+                                 moduleformer::v1::ExpertStatsResponse* response);
+
   Engine& engine_;
   std::string model_name_;
   std::string backend_name_;
