@@ -1,11 +1,14 @@
 // moduleformer-server: serves a ModuleFormer / MoLM model over gRPC.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpc/support/log.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <sched.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -18,6 +21,7 @@
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "server/command_line.h"
+#include "server/listener.h"
 #include "server/model_flags.h"
 #include "server/service.h"
 #include "server/wire.h"
@@ -105,6 +109,14 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
 }
 
+// gRPC's log, watched for the one line that says its listener died: gRPC 1.51 logs
+// "Failed accept4" once when accept fails (EMFILE) and never accepts again.
+void OnGrpcLog(gpr_log_func_args* args) {
+  std::fprintf(stderr, "%s %s:%d] %s\n", gpr_log_severity_string(args->severity), args->file, args->line,
+               args->message);
+  if (args->message != nullptr && std::strstr(args->message, "Failed accept4") != nullptr) kill(getpid(), SIGUSR1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -116,7 +128,10 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);  // from OnGrpcLog
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  gpr_set_log_function(OnGrpcLog);
+  const int64_t open_files = mf::server::RaiseOpenFileLimit();
 
   const mf::ModelSource source = mf::ModelSourceFromFlags();
   const std::string model_name = source.model_dir.empty() ? source.random_config : source.model_dir;
@@ -156,7 +171,21 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int selected_port = 0;
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(address, Credentials(), &selected_port);
+  // Plaintext connections come through our own listener (server/listener.h: it survives
+  // descriptor exhaustion); TLS needs gRPC's, watched by OnGrpcLog.
+  std::unique_ptr<mf::server::Listener> listener;
+  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty();
+  if (tls) {
+    builder.AddListeningPort(address, Credentials(), &selected_port);
+  } else {
+    auto bound = mf::server::Listener::Bind(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port));
+    if (!bound.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(bound.status().message()).c_str());
+      return 1;
+    }
+    listener = *std::move(bound);
+    selected_port = listener->port();
+  }
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_mb) << 20);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, absl::GetFlag(FLAGS_max_concurrent_streams));
@@ -170,15 +199,31 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: cannot listen on %s\n", address.c_str());
     return 1;
   }
+  if (listener != nullptr) listener->Start(server.get());
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_port_file)) << selected_port << "\n";
   }
-  std::fprintf(stderr, "moduleformer-server: serving %s on %s:%d, metrics on port %d (backend %s, tokenizer %s)\n",
+  std::fprintf(stderr,
+               "moduleformer-server: serving %s on %s:%d, metrics on port %d (backend %s, tokenizer %s, "
+               "%lld open files)\n",
                model_name.c_str(), absl::GetFlag(FLAGS_host).c_str(), selected_port, metrics->port(),
-               source.device.c_str(), engine->tokenizer() != nullptr ? "yes" : "none");
+               source.device.c_str(), engine->tokenizer() != nullptr ? "yes" : "none",
+               static_cast<long long>(open_files));
 
   int received = 0;
   sigwait(&signals, &received);
+  if (received == SIGUSR1) {
+    // gRPC's listener died (see OnGrpcLog): a live process that accepts nothing helps no
+    // one. Report it, finish what is running, exit non-zero for the supervisor to restart.
+    std::fprintf(stderr, "moduleformer-server: the gRPC listener stopped accepting connections (descriptors "
+                         "exhausted); exiting so a supervisor restarts this server\n");
+    server->GetHealthCheckService()->SetServingStatus(false);
+    engine->MarkDraining();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
+    engine->StopAccepting();
+    metrics->DetachEngine();
+    return 3;
+  }
   const int delay_seconds = absl::GetFlag(FLAGS_drain_delay_seconds);
   const int grace_seconds = absl::GetFlag(FLAGS_drain_grace_seconds);
   std::fprintf(stderr, "moduleformer-server: signal %d, draining (delay %ds, grace %ds)\n", received, delay_seconds,
@@ -190,6 +235,7 @@ int main(int argc, char** argv) {
   // and proxies (nginx grpc_next_upstream) retry on another replica; calls already
   // accepted run to completion until the deadline, then are cancelled.
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(grace_seconds);
+  if (listener != nullptr) listener->Close();
   server->Shutdown(deadline);
   const bool drained = std::chrono::system_clock::now() < deadline;
   engine->StopAccepting();

@@ -5,6 +5,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/listener.h"
 #include "server/request_conversion.h"
 #include "server/wire.h"
 
@@ -26,7 +27,7 @@ class CallLog {
   CallLog(RequestLog* log, const char* rpc, grpc::CallbackServerContext* context) : log_(log), rpc_(rpc) {
     if (log_ == nullptr) return;
     record_.rpc = rpc;
-    record_.peer = context->peer();
+    record_.peer = ClientAddress(context->peer());
   }
   void TakeRequest(const pb::GenerateRequest& request) {
     if (log_ != nullptr) record_.stats_tag = request.stats_tag();

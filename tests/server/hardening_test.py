@@ -305,5 +305,60 @@ class RawRequestTest(unittest.TestCase):
         self.assertEqual(reply.usage.completion_tokens, 2)
 
 
+class DescriptorExhaustionTest(unittest.TestCase):
+    """3. More connections than the process may open."""
+
+    def flood(self, port, count):
+        sockets = []
+        for _ in range(count):
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        return sockets
+
+    def test_plaintext_listener_sheds_and_keeps_accepting(self):
+        server = harness.Server(harness.reference_dir("molm-tiny"), open_files=128)
+        try:
+            self.assertIn("128 open files", harness._read(server.log_path))
+            sockets = self.flood(server.port, 300)
+            time.sleep(0.5)
+            self.assertIsNone(server.process.poll())
+            for s in sockets:
+                s.close()
+            time.sleep(0.5)
+            for _ in range(3):  # new connections, each served
+                channel = grpc.insecure_channel(server.address)
+                reply = harness.pb_grpc.ModuleFormerStub(channel).Generate(harness.greedy_request([1, 2, 3], 2),
+                                                                          timeout=10)
+                self.assertEqual(len(reply.token_ids), 2)
+                channel.close()
+            self.assertNotIn("Failed accept4", harness._read(server.log_path))
+        finally:
+            server.close()
+
+    def test_a_deaf_tls_listener_exits_non_zero(self):
+        # gRPC's own listener (TLS) cannot be re-armed after EMFILE: the server must not
+        # stay up deaf, but say so and exit for its supervisor to restart it.
+        workdir = tempfile.mkdtemp(prefix="mf-tls-")
+        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-grace-seconds", "1", tls=(cert, key),
+                                open_files=128)
+        try:
+            sockets = self.flood(server.port, 300)
+            try:
+                server.process.wait(timeout=20)
+            finally:
+                for s in sockets:
+                    s.close()
+            self.assertEqual(server.process.returncode, 3)
+            self.assertIn("the gRPC listener stopped accepting connections", harness._read(server.log_path))
+        finally:
+            server.close()
+
+
 if __name__ == "__main__":
     unittest.main()

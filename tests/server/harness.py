@@ -7,6 +7,7 @@ python3-grpc-tools bundles protoc 3.5, which predates proto3 `optional`.
 """
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -75,8 +76,9 @@ def health_status(channel, timeout=5):
 class Server:
     """A moduleformer-server process on a free loopback port."""
 
-    def __init__(self, model, *flags, tls=None):
-        """`model`: a checkpoint directory, a config .json for random weights, or None for the default model."""
+    def __init__(self, model, *flags, tls=None, open_files=None):
+        """`model`: a checkpoint directory, a config .json for random weights, or None for the default model.
+        `open_files`: a hard limit on the server's descriptors (RLIMIT_NOFILE)."""
         self.workdir = tempfile.mkdtemp(prefix="mf-server-")
         port_file = os.path.join(self.workdir, "port")
         metrics_port_file = os.path.join(self.workdir, "metrics_port")
@@ -90,7 +92,11 @@ class Server:
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        limit = None
+        if open_files is not None:
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
         deadline = time.time() + 60
         while not _read(port_file):
             if self.process.poll() is not None or time.time() > deadline:
