@@ -78,9 +78,10 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, UpdateCallbac
 
   absl::MutexLock lock(&mutex_);
   if (!accepting_ || stopping_) return absl::UnavailableError("server is draining; retry on another replica");
-  if (static_cast<int>(inbox_.size()) + stats_.waiting >= config_.max_waiting) {
+  if (unscheduled_ >= config_.max_waiting) {
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", config_.max_waiting, " waiting)"));
   }
+  ++unscheduled_;
   sequence->id = next_id_++;
   const uint64_t id = sequence->id;
   inbox_.push_back(std::move(sequence));
@@ -183,6 +184,7 @@ void Engine::FailAll(const absl::Status& status) {
     absl::MutexLock lock(&mutex_);
     never_started.swap(inbox_);
   }
+  LeftQueue(static_cast<int>(never_started.size()));
   // Callbacks run without the engine lock: a reactor may be calling Cancel meanwhile.
   for (auto& sequence : never_started) {
     GenerationUpdate update;
@@ -191,6 +193,12 @@ void Engine::FailAll(const absl::Status& status) {
     update.status = status;
     sequence->on_update(std::move(update));
   }
+}
+
+void Engine::LeftQueue(int count) {
+  if (count == 0) return;
+  absl::MutexLock lock(&mutex_);
+  unscheduled_ -= count;
 }
 
 void Engine::PublishStats() {

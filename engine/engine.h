@@ -91,6 +91,7 @@ class Engine {
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);
   void FailAll(const absl::Status& status);
   void PublishStats();
+  void LeftQueue(int count);  // `count` unscheduled requests were scheduled or finished
   bool HasInboxOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     return stopping_ || !inbox_.empty() || !cancels_.empty();
   }
@@ -114,6 +115,9 @@ class Engine {
   bool idle_ ABSL_GUARDED_BY(mutex_) = true;
   EngineStats stats_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  // Accepted requests never scheduled yet (in the inbox or waiting): what --max-queued
+  // bounds, counted exactly (the published stats_.waiting lags by a step).
+  int unscheduled_ ABSL_GUARDED_BY(mutex_) = 0;
   std::thread thread_;
 };
 

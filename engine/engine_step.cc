@@ -35,14 +35,19 @@ void Engine::RunStep(const SchedulePlan& plan) {
   ForwardBatch batch;
   batch.record_routing = true;  // expert statistics count every routed token
   const absl::Time now = absl::Now();
+  int first_scheduled = 0;
   for (const ScheduledChunk& chunk : plan.chunks) {
     Sequence& sequence = *chunk.sequence;
-    if (!sequence.first_scheduled_time.has_value()) sequence.first_scheduled_time = now;
+    if (!sequence.first_scheduled_time.has_value()) {
+      sequence.first_scheduled_time = now;
+      ++first_scheduled;
+    }
     batch.sequences.push_back(SequenceChunk{
         absl::MakeConstSpan(sequence.tokens).subspan(static_cast<size_t>(sequence.num_cached),
                                                      static_cast<size_t>(chunk.num_tokens)),
         sequence.num_cached, sequence.block_table, /*all_logits=*/false, NeedsFullLogits(sequence.request)});
   }
+  LeftQueue(first_scheduled);
   const absl::Time forward_start = absl::Now();
   absl::StatusOr<ForwardOutput> output = model_->Forward(batch);
   forward_seconds_ += Seconds(absl::Now() - forward_start);
@@ -181,6 +186,7 @@ void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status
     update.time_to_first_token_seconds = Seconds(*sequence.first_token_time - sequence.arrival_time);
   }
   update.total_seconds = Seconds(now - sequence.arrival_time);
+  if (!sequence.first_scheduled_time.has_value()) LeftQueue(1);  // finished while it waited
   scheduler_->Remove(&sequence);
   if (config_.observer != nullptr) config_.observer->OnRequestFinished(update);
   sequence.on_update(std::move(update));

@@ -86,9 +86,15 @@ bool Scheduler::Admit(Sequence* sequence, int budget, SchedulePlan* plan) {
   return true;
 }
 
+int Scheduler::AdmissionReserve() const {
+  if (waiting_.empty() || static_cast<int>(running_.size()) >= config_.max_running) return 0;
+  return std::min(config_.max_batch_tokens / 2, waiting_.front()->num_pending());
+}
+
 SchedulePlan Scheduler::Schedule() {
   SchedulePlan plan;
   int budget = config_.max_batch_tokens;
+  const int reserve = AdmissionReserve();
   // Decodes first so long prompts never stall token streams; then prefills in progress.
   std::vector<Sequence*> order = running_;
   std::stable_sort(order.begin(), order.end(), [](const Sequence* a, const Sequence* b) {
@@ -98,7 +104,9 @@ SchedulePlan Scheduler::Schedule() {
   for (Sequence* sequence : order) {
     if (budget == 0) break;
     if (std::find(running_.begin(), running_.end(), sequence) == running_.end()) continue;  // preempted meanwhile
-    const int num_tokens = std::min(sequence->num_pending(), budget);
+    const int available = sequence->in_prefill() ? budget - reserve : budget;
+    if (available <= 0) continue;
+    const int num_tokens = std::min(sequence->num_pending(), available);
     bool preempted_self = false;
     while (!EnsureBlocks(sequence, sequence->num_cached + num_tokens)) {
       Sequence* victim = PreemptionVictim(plan);

@@ -1,6 +1,8 @@
 // Decides who runs each step (iteration-level continuous batching): running
 // decodes first, then unfinished prefills in chunks, then new admissions by
-// priority and arrival, all within a token budget and the free KV blocks. When
+// priority and arrival, all within a token budget and the free KV blocks. While
+// requests wait, prefills in progress leave room for the head of the queue, so a
+// short request next to a long prompt starts at once instead of after its last chunk. When
 // blocks run out, the lowest-priority, latest sequence is preempted: its blocks
 // are freed and it is recomputed later (its full blocks may survive in the prefix cache).
 #pragma once
@@ -54,6 +56,9 @@ class Scheduler {
   void Preempt(Sequence* sequence, SchedulePlan* plan);
   Sequence* PreemptionVictim(const SchedulePlan& plan) const;
   bool Admit(Sequence* sequence, int budget, SchedulePlan* plan);
+  // Tokens of this step's budget that prefills in progress leave to the waiting head:
+  // its whole prompt, up to half the budget.
+  int AdmissionReserve() const;
 
   SchedulerConfig config_;
   BlockAllocator& allocator_;

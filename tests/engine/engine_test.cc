@@ -160,6 +160,36 @@ TEST(EngineTest, CancelAndDeadlineFreeEverything) {
   EXPECT_EQ(engine->stats().kv_blocks_used, 0);
 }
 
+// --max-queued counts requests not yet scheduled exactly, also while a step runs (the
+// published waiting count lags by a step, and once let 1,051 in with a limit of 1,024).
+TEST(EngineTest, QueueLimitIsExactWhileStepsRun) {
+  EngineConfig config;
+  config.scheduler.max_running = 1;       // one request runs; every other one waits
+  config.scheduler.max_batch_tokens = 16;  // its long prompt takes many steps
+  config.max_waiting = 5;
+  config.max_context = 2000;
+  constexpr int kSubmits = 300;
+  Collector running;  // outlive the engine, whose shutdown finishes their requests
+  std::vector<std::unique_ptr<Collector>> waiting;
+  for (int i = 0; i < kSubmits; ++i) waiting.push_back(std::make_unique<Collector>());
+  Engine engine(testing::LoadReferenceModel("molm-tiny", 600, 4), nullptr, config);
+  std::vector<int32_t> long_prompt(900);
+  for (size_t i = 0; i < long_prompt.size(); ++i) long_prompt[i] = static_cast<int32_t>(i % 500);
+  ASSERT_TRUE(engine.Submit(Greedy(long_prompt, 1000), running.Callback()).ok());  // outlasts the loop below
+  int accepted = 0;
+  for (int i = 0; i < kSubmits; ++i) {  // spread over many engine steps
+    absl::StatusOr<uint64_t> id = engine.Submit(Greedy({4, 5, 6}, 2), waiting[static_cast<size_t>(i)]->Callback());
+    if (id.ok()) {
+      ++accepted;
+    } else {
+      EXPECT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted);
+    }
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  EXPECT_EQ(engine.stats().running, 1);  // the long request still runs: nothing was admitted
+  EXPECT_EQ(accepted, 5);
+}
+
 TEST(EngineTest, RejectsWhatItCannotRun) {
   auto engine = MakeEngine("molm-tiny", 16);  // 64 token slots
   Collector sink;

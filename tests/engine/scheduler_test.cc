@@ -66,6 +66,26 @@ TEST_F(SchedulerTest, ChunksLongPromptsWhileOthersDecode) {
   EXPECT_EQ(long_prompt->num_generated(), 1);
 }
 
+// A newcomer beside a long prompt starts in the next step, not after the prompt's last chunk.
+TEST_F(SchedulerTest, LongPromptsLeaveRoomForWaitingRequests) {
+  Configure(256, 16);
+  Sequence* long_prompt = Add(200);
+  EXPECT_EQ(TokensFor(Step(), long_prompt), 16);  // nobody waits: the whole budget
+  Sequence* short_prompt = Add(3);
+  SchedulePlan second = Step();
+  EXPECT_EQ(TokensFor(second, short_prompt), 3);
+  EXPECT_EQ(TokensFor(second, long_prompt), 13);
+  EXPECT_EQ(short_prompt->num_generated(), 1);  // its first token after one step
+  Sequence* another_long = Add(100);
+  SchedulePlan third = Step();
+  EXPECT_EQ(TokensFor(third, short_prompt), 1);     // the decode first
+  EXPECT_EQ(TokensFor(third, long_prompt), 7);      // leaves half the budget
+  EXPECT_EQ(TokensFor(third, another_long), 8);     // to the waiting head
+  SchedulePlan fourth = Step();                     // nobody waits any more
+  EXPECT_EQ(TokensFor(fourth, short_prompt), 1);
+  EXPECT_EQ(TokensFor(fourth, long_prompt) + TokensFor(fourth, another_long), 15);
+}
+
 TEST_F(SchedulerTest, AdmitsByPriorityThenArrival) {
   Configure(64, 4);
   Sequence* late_low = Add(4, /*priority=*/5);

@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -356,6 +357,30 @@ class DescriptorExhaustionTest(unittest.TestCase):
                     s.close()
             self.assertEqual(server.process.returncode, 3)
             self.assertIn("the gRPC listener stopped accepting connections", harness._read(server.log_path))
+        finally:
+            server.close()
+
+
+class LongPromptFairnessTest(unittest.TestCase):
+    """9. A short request next to a long prompt starts within a few steps."""
+
+    def test_short_request_finishes_before_a_long_prompts_first_token(self):
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--max-context", "8192", "--max-batch-tokens", "64")
+        try:
+            long_prompt = [(7 * i) % 500 + 1 for i in range(4000)]  # 63 prefill chunks
+            stream = server.stub.Stream(harness.greedy_request(long_prompt, 4), timeout=120)
+            first_long_token = []
+            reader = threading.Thread(target=lambda: first_long_token.append((next(stream), time.monotonic())))
+            reader.start()
+            while server.load().running_requests == 0:  # the long prompt is being prefilled
+                time.sleep(0.001)
+            reply = server.stub.Generate(harness.greedy_request([1, 2, 3, 4], 4), timeout=60)
+            short_done = time.monotonic()
+            reader.join(timeout=120)
+            self.assertEqual(len(reply.token_ids), 4)
+            self.assertTrue(first_long_token)
+            self.assertLess(short_done, first_long_token[0][1], "the short request waited for the whole long prompt")
+            list(stream)
         finally:
             server.close()
 
