@@ -94,6 +94,16 @@ void Engine::Cancel(uint64_t id) {
   cancels_.push_back(id);
 }
 
+void Engine::Pause(uint64_t id) {
+  absl::MutexLock lock(&mutex_);
+  pauses_.emplace_back(id, true);
+}
+
+void Engine::Resume(uint64_t id) {
+  absl::MutexLock lock(&mutex_);
+  pauses_.emplace_back(id, false);
+}
+
 void Engine::StopAccepting() {
   absl::MutexLock lock(&mutex_);
   accepting_ = false;
@@ -139,10 +149,12 @@ void Engine::Loop() {
 void Engine::TakeInbox() {
   std::deque<std::unique_ptr<Sequence>> arrivals;
   std::vector<uint64_t> cancels;
+  std::vector<std::pair<uint64_t, bool>> pauses;
   {
     absl::MutexLock lock(&mutex_);
     arrivals.swap(inbox_);
     cancels.swap(cancels_);
+    pauses.swap(pauses_);
   }
   for (std::unique_ptr<Sequence>& sequence : arrivals) {
     scheduler_->AddWaiting(sequence.get());
@@ -153,13 +165,34 @@ void Engine::TakeInbox() {
     auto it = sequences_.find(id);
     if (it != sequences_.end()) it->second->cancel_requested = true;
   }
+  const absl::Time now = absl::Now();
+  for (const auto& [id, pause] : pauses) {
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) continue;
+    if (!pause) {
+      it->second->paused_since.reset();
+    } else if (!it->second->paused_since.has_value()) {
+      it->second->paused_since = now;
+    }
+  }
 }
 
 void Engine::SweepCancelledAndExpired() {
   const absl::Time now = absl::Now();
   std::vector<Sequence*> done;
+  std::vector<Sequence*> stalled;
   for (auto& [id, sequence] : sequences_) {
-    if (sequence->cancel_requested || now >= sequence->request.deadline) done.push_back(sequence.get());
+    if (sequence->cancel_requested || now >= sequence->request.deadline) {
+      done.push_back(sequence.get());
+    } else if (sequence->paused_since.has_value() && now - *sequence->paused_since > config_.stall_timeout) {
+      stalled.push_back(sequence.get());
+    }
+  }
+  for (Sequence* sequence : stalled) {
+    Finish(*sequence, FinishReason::kCancelled,
+           absl::CancelledError(absl::StrCat("stream stalled: its client read nothing for ",
+                                             absl::FormatDuration(config_.stall_timeout))),
+           GenerationUpdate{});
   }
   // A client whose deadline expires cancels the call (RST_STREAM), which can arrive just
   // before the server's copy of the deadline, taken when the request arrived: a cancel
@@ -211,6 +244,7 @@ void Engine::PublishStats() {
   stats_.prefix_cache_hit_tokens = scheduler_->prefix_cache_hit_tokens();
   stats_.preemptions = scheduler_->num_preemptions();
   stats_.preempted_waiting = scheduler_->num_preempted_waiting();
+  stats_.paused = scheduler_->num_paused();
   stats_.step_seconds = step_seconds_;
   stats_.forward_seconds = forward_seconds_;
   stats_.sampling_seconds = sampling_seconds_;

@@ -29,6 +29,7 @@ struct EngineConfig {
   int max_waiting = 1024;      // queued requests before RESOURCE_EXHAUSTED
   int max_context = 4096;      // prompt + generated tokens per sequence
   int sampling_threads = 0;    // helpers sampling rows of large batches alongside the loop thread
+  absl::Duration stall_timeout = absl::Seconds(60);  // a paused request longer than this is cancelled
   EngineObserver* observer = nullptr;  // not owned; outlives the engine
 };
 
@@ -42,6 +43,7 @@ struct EngineStats {
   int64_t preemptions = 0;
   int64_t steps = 0;
   int preempted_waiting = 0;      // waiting to be recomputed after a preemption
+  int paused = 0;                 // running requests paused by their consumer (Pause)
   double step_seconds = 0;        // total time in engine steps
   double forward_seconds = 0;     // of which the forward pass
   double sampling_seconds = 0;    // of which choosing the next tokens from the logits
@@ -62,6 +64,11 @@ class Engine {
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, UpdateCallback on_update);
   // The request finishes with FinishReason::kCancelled within one step (no-op if already done).
   void Cancel(uint64_t id);
+  // Flow control for consumers that fall behind (a stream whose client stopped reading):
+  // a paused request keeps its place and KV blocks but generates nothing until resumed,
+  // and is cancelled once paused for longer than EngineConfig::stall_timeout.
+  void Pause(uint64_t id);
+  void Resume(uint64_t id);
   // Refuses new requests from now on; running ones continue.
   void StopAccepting();
   // Reports draining (GetLoad, metrics) while still accepting work: the grace period in
@@ -93,7 +100,7 @@ class Engine {
   void PublishStats();
   void LeftQueue(int count);  // `count` unscheduled requests were scheduled or finished
   bool HasInboxOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    return stopping_ || !inbox_.empty() || !cancels_.empty();
+    return stopping_ || !inbox_.empty() || !cancels_.empty() || !pauses_.empty();
   }
   bool IsIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return idle_ && inbox_.empty(); }
 
@@ -110,6 +117,7 @@ class Engine {
   mutable absl::Mutex mutex_;
   std::deque<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);
   std::vector<uint64_t> cancels_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::pair<uint64_t, bool>> pauses_ ABSL_GUARDED_BY(mutex_);  // (id, pause or resume), in order
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   bool accepting_ ABSL_GUARDED_BY(mutex_) = true;
   bool idle_ ABSL_GUARDED_BY(mutex_) = true;

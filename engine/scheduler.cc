@@ -87,8 +87,9 @@ bool Scheduler::Admit(Sequence* sequence, int budget, SchedulePlan* plan) {
 }
 
 int Scheduler::AdmissionReserve() const {
-  if (waiting_.empty() || static_cast<int>(running_.size()) >= config_.max_running) return 0;
-  return std::min(config_.max_batch_tokens / 2, waiting_.front()->num_pending());
+  if (static_cast<int>(running_.size()) >= config_.max_running) return 0;
+  auto head = std::find_if(waiting_.begin(), waiting_.end(), [](const Sequence* s) { return !s->paused_since; });
+  return head == waiting_.end() ? 0 : std::min(config_.max_batch_tokens / 2, (*head)->num_pending());
 }
 
 SchedulePlan Scheduler::Schedule() {
@@ -104,6 +105,7 @@ SchedulePlan Scheduler::Schedule() {
   for (Sequence* sequence : order) {
     if (budget == 0) break;
     if (std::find(running_.begin(), running_.end(), sequence) == running_.end()) continue;  // preempted meanwhile
+    if (sequence->paused_since.has_value()) continue;  // its consumer is behind
     const int available = sequence->in_prefill() ? budget - reserve : budget;
     if (available <= 0) continue;
     const int num_tokens = std::min(sequence->num_pending(), available);
@@ -122,12 +124,15 @@ SchedulePlan Scheduler::Schedule() {
     plan.num_tokens += num_tokens;
     budget -= num_tokens;
   }
-  // Admissions: strictly in order, so a large request at the head is not starved.
-  while (budget > 0 && !waiting_.empty() && static_cast<int>(running_.size()) < config_.max_running) {
-    Sequence* head = waiting_.front();
-    if (std::find(plan.preempted.begin(), plan.preempted.end(), head) != plan.preempted.end()) break;
-    if (!Admit(head, budget, &plan)) break;
-    waiting_.erase(waiting_.begin());
+  // Admissions: strictly in order, so a large request at the head is not starved (a
+  // paused one, preempted while its consumer is behind, waits without holding the queue).
+  auto head = waiting_.begin();
+  while (budget > 0 && static_cast<int>(running_.size()) < config_.max_running) {
+    head = std::find_if(head, waiting_.end(), [](const Sequence* s) { return !s->paused_since; });
+    if (head == waiting_.end()) break;
+    if (std::find(plan.preempted.begin(), plan.preempted.end(), *head) != plan.preempted.end()) break;
+    if (!Admit(*head, budget, &plan)) break;
+    head = waiting_.erase(head);
     budget -= plan.chunks.back().num_tokens;
   }
   return plan;
@@ -152,6 +157,11 @@ void Scheduler::CompleteStep(const SchedulePlan& plan) {
 int Scheduler::num_preempted_waiting() const {
   return static_cast<int>(std::count_if(waiting_.begin(), waiting_.end(),
                                         [](const Sequence* sequence) { return sequence->num_preemptions > 0; }));
+}
+
+int Scheduler::num_paused() const {
+  return static_cast<int>(std::count_if(running_.begin(), running_.end(),
+                                        [](const Sequence* sequence) { return sequence->paused_since.has_value(); }));
 }
 
 void Scheduler::Remove(Sequence* sequence) {

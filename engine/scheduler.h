@@ -49,6 +49,7 @@ class Scheduler {
   int64_t prefix_cache_hit_tokens() const { return prefix_cache_hit_tokens_; }
   int64_t num_preemptions() const { return num_preemptions_; }
   int num_preempted_waiting() const;
+  int num_paused() const;
   bool idle() const { return waiting_.empty() && running_.empty(); }
 
  private:

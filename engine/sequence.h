@@ -76,6 +76,9 @@ struct Sequence {
   int cached_prompt_tokens = 0;  // reused from the prefix cache at first admission
   int num_preemptions = 0;
   bool cancel_requested = false;
+  // A stream whose client stopped reading: not scheduled (its KV stays, it still counts
+  // as running) until resumed, and cancelled after EngineConfig::stall_timeout.
+  std::optional<absl::Time> paused_since;
 
   TokenHistory history;
   std::mt19937_64 rng;

@@ -40,6 +40,9 @@ ABSL_FLAG(int32_t, sampling_threads, -1,
           "Threads that sample large batches with the engine loop (-1: half the usable cores, at most 8; 0: the loop alone)");
 ABSL_FLAG(std::string, request_log, "",
           "Log every finished Generate/Stream call as a JSON line to stdout, stderr or this file (empty: no log)");
+ABSL_FLAG(int32_t, stream_stall_timeout_seconds, 60,
+          "Cancel a stream whose client has read nothing for this long (it is paused, holding its KV cache, "
+          "once 32 messages wait unsent)");
 ABSL_FLAG(int32_t, drain_delay_seconds, 0,
           "On SIGTERM, keep serving new requests this long (reporting NOT_SERVING) before refusing them, "
           "so load balancers stop routing here first");
@@ -102,6 +105,7 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   config.max_waiting = absl::GetFlag(FLAGS_max_queued);
   config.max_context = absl::GetFlag(FLAGS_max_context);
   config.sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
+  config.stall_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_stall_timeout_seconds));
   if (config.sampling_threads < 0) {
     config.sampling_threads = std::min(8, UsableCores() / 2);
   }

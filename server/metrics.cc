@@ -67,6 +67,8 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
     gauge("moduleformer_requests_waiting", "Requests waiting to be scheduled.", stats.waiting);
     gauge("moduleformer_requests_preempted", "Waiting requests that were preempted and await recomputation.",
           stats.preempted_waiting);
+    gauge("moduleformer_requests_paused", "Running streams paused because their client stopped reading.",
+          stats.paused);
     gauge("moduleformer_kv_cache_blocks_used", "KV cache blocks in use.", stats.kv_blocks_used);
     gauge("moduleformer_kv_cache_blocks", "KV cache blocks in all.", stats.kv_blocks_total);
     gauge("moduleformer_kv_cache_usage_ratio", "Fraction of KV cache blocks in use.",
@@ -148,6 +150,9 @@ ServerMetrics::ServerMetrics(std::string model_name, std::string backend)
                                 kTokenBuckets);
   step_seconds_ = histogram("moduleformer_engine_step_seconds", "Duration of one engine step (forward pass).",
                             kLatencyBuckets);
+  stream_buffered_bytes_ = &BuildGauge().Name("moduleformer_stream_buffered_bytes")
+                                .Help("Stream messages generated but not yet sent to their clients, in bytes.")
+                                .Register(*registry_).Add({});
   step_tokens_ = histogram("moduleformer_engine_step_tokens", "Tokens in one engine step.", kTokenBuckets);
   BuildGauge().Name("moduleformer_build_info").Help("Build and model information.").Register(*registry_)
       .Add({{"version", MF_VERSION}, {"backend", backend_}, {"model", model_name_}}).Set(1);

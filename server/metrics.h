@@ -32,6 +32,8 @@ class ServerMetrics : public EngineObserver {
   int port() const;
 
   void CountRequest(const char* rpc, grpc::StatusCode code);
+  // Stream messages queued for clients (bytes added, or removed when negative).
+  void AddStreamBufferedBytes(double bytes) { stream_buffered_bytes_->Increment(bytes); }
 
   void OnStep(double step_seconds, int num_tokens, int num_sequences) override;
   void OnInterTokenLatency(double seconds) override;
@@ -57,6 +59,7 @@ class ServerMetrics : public EngineObserver {
   prometheus::Histogram* generated_length_;
   prometheus::Histogram* step_seconds_;
   prometheus::Histogram* step_tokens_;
+  prometheus::Gauge* stream_buffered_bytes_;
 };
 
 const char* StatusCodeName(grpc::StatusCode code);

@@ -82,6 +82,14 @@ class GuardedRequest {
     absl::MutexLock lock(&mutex_);
     engine.Cancel(id_);
   }
+  void Pause(Engine& engine, bool pause) {
+    absl::MutexLock lock(&mutex_);
+    if (pause) {
+      engine.Pause(id_);
+    } else {
+      engine.Resume(id_);
+    }
+  }
   absl::Mutex& mutex() { return mutex_; }
 
  private:
@@ -130,8 +138,14 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
 };
 
 // Server streaming: one message per engine update, written one at a time. Updates
-// that arrive during a write queue up; the final message is followed by Finish.
+// that arrive during a write queue up; the final message is followed by Finish. A client
+// that stops reading fills the queue: at kPauseAtUnsent messages the request is paused
+// (the engine generates nothing more for it) and resumed once the queue is down to
+// kResumeAtUnsent, so an idle client holds a bounded buffer, never a whole generation.
 class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+  static constexpr size_t kPauseAtUnsent = 32;
+  static constexpr size_t kResumeAtUnsent = 8;
+
  public:
   StreamReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
                 const grpc::ByteBuffer& raw_request)
@@ -147,12 +161,17 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   void OnWriteDone(bool ok) override {
+    bool resume = false;
     {
       absl::MutexLock lock(&mutex_);
       writing_ = false;
       client_gone_ |= !ok;
+      Account(-static_cast<double>(current_.Length()));
+      if (paused_ && pending_.size() <= kResumeAtUnsent) resume = true;
+      paused_ = paused_ && !resume;
     }
     if (!ok) request_.Cancel(engine_);  // the client is gone; the engine's final update ends the call
+    if (resume && ok) request_.Pause(engine_, false);
     Pump();
   }
   void OnCancel() override { request_.Cancel(engine_); }
@@ -161,16 +180,26 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  private:
   void OnUpdate(GenerationUpdate&& update) {
     { absl::MutexLock constructed(&request_.mutex()); }  // waits for the constructor to finish
+    bool pause = false;
     {
       absl::MutexLock lock(&mutex_);
       pending_.push_back(Serialize(ToStreamResponse(update)));
+      Account(static_cast<double>(pending_.back().Length()));
       if (update.finished) {
         final_received_ = true;
         final_status_ = ToGrpcStatus(update.status);
         call_log_.TakeFinal(update);
+      } else if (!paused_ && pending_.size() >= kPauseAtUnsent) {
+        pause = paused_ = true;
       }
     }
+    if (pause) request_.Pause(engine_, true);
     Pump();
+  }
+
+  // Keeps the buffered-bytes gauge; every byte added is removed once sent or dropped.
+  void Account(double bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (metrics_ != nullptr && bytes != 0) metrics_->AddStreamBufferedBytes(bytes);
   }
 
   // Starts the next write, or Finish after the last one. gRPC calls happen outside
@@ -180,7 +209,10 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     {
       absl::MutexLock lock(&mutex_);
       if (writing_ || finish_called_) return;
-      if (client_gone_) pending_.clear();
+      if (client_gone_) {
+        for (const grpc::ByteBuffer& dropped : pending_) Account(-static_cast<double>(dropped.Length()));
+        pending_.clear();
+      }
       if (!pending_.empty()) {
         current_ = std::move(pending_.front());
         pending_.pop_front();
@@ -206,6 +238,7 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool finish_called_ ABSL_GUARDED_BY(mutex_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mutex_) = false;
+  bool paused_ ABSL_GUARDED_BY(mutex_) = false;
   grpc::Status final_status_;
 };
 
@@ -312,6 +345,7 @@ grpc::Status ModuleFormerService::GetLoadParsed(pb::LoadResponse* response) {
   response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
   response->set_steps(static_cast<uint64_t>(stats.steps));
   response->set_draining(stats.draining);
+  response->set_paused_requests(static_cast<uint32_t>(stats.paused));
   return grpc::Status::OK;
 }
 
