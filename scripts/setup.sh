@@ -11,7 +11,7 @@ BUILD_PACKAGES=(
   build-essential cmake pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
-  libgtest-dev libgmock-dev googletest libbenchmark-dev libcpp-httplib-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev libcpp-httplib-dev libssl-dev
 )
 TEST_PACKAGES=(
   python3 python3-grpcio python3-grpc-tools

@@ -51,6 +51,10 @@ ABSL_FLAG(int32_t, max_message_mb, 16, "Largest request message accepted");
 ABSL_FLAG(int32_t, max_concurrent_streams, 1024, "HTTP/2 streams per client connection");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls-key, serve TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates; with --tls-cert, clients must present a certificate they signed (mutual TLS)");
+ABSL_FLAG(std::string, api_key_file, "",
+          "A file of API keys, one a line: calls must carry 'authorization: Bearer KEY' (health checks stay open)");
 
 namespace {
 
@@ -71,9 +75,17 @@ std::shared_ptr<grpc::ServerCredentials> Credentials() {
     std::fprintf(stderr, "error: --tls-cert and --tls-key go together\n");
     std::exit(2);
   }
+  const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() && !client_ca.empty()) {
+    std::fprintf(stderr, "error: --tls-client-ca needs --tls-cert and --tls-key\n");
+    std::exit(2);
+  }
   if (cert.empty()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions options;
+  grpc::SslServerCredentialsOptions options(client_ca.empty()
+                                                ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   options.pem_key_cert_pairs.push_back({ReadFileOrDie(key), ReadFileOrDie(cert)});
+  if (!client_ca.empty()) options.pem_root_certs = ReadFileOrDie(client_ca);
   return grpc::SslServerCredentials(options);
 }
 
@@ -166,8 +178,18 @@ int main(int argc, char** argv) {
     }
     request_log = *std::move(opened);
   }
+  std::unique_ptr<mf::server::ApiKeys> api_keys;
+  if (!absl::GetFlag(FLAGS_api_key_file).empty()) {
+    auto loaded = mf::server::ApiKeys::Load(absl::GetFlag(FLAGS_api_key_file));
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(loaded.status().message()).c_str());
+      return 1;
+    }
+    api_keys = std::make_unique<mf::server::ApiKeys>(*std::move(loaded));
+  }
   mf::server::ModuleFormerService service(*engine, model_name, source.device,
-                                          export_metrics ? metrics.get() : nullptr, request_log.get());
+                                          export_metrics ? metrics.get() : nullptr, request_log.get(),
+                                          api_keys.get());
 
   mf::server::QuietProtobufUtf8Errors();
   grpc::EnableDefaultHealthCheckService(true);
@@ -209,10 +231,11 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "moduleformer-server: serving %s on %s:%d, metrics on port %d (backend %s, tokenizer %s, "
-               "%lld open files)\n",
+               "%lld open files%s)\n",
                model_name.c_str(), absl::GetFlag(FLAGS_host).c_str(), selected_port, metrics->port(),
                source.device.c_str(), engine->tokenizer() != nullptr ? "yes" : "none",
-               static_cast<long long>(open_files));
+               static_cast<long long>(open_files),
+               api_keys != nullptr ? absl::StrCat(", ", api_keys->size(), " API keys").c_str() : "");
 
   int received = 0;
   sigwait(&signals, &received);

@@ -101,10 +101,10 @@ class GuardedRequest {
 class GenerateReactor : public grpc::ServerUnaryReactor {
  public:
   GenerateReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
-                  const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* raw_response)
+                  absl::Status authorized, const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* raw_response)
       : engine_(engine), metrics_(metrics), raw_response_(raw_response), call_log_(log, "Generate", context) {
     pb::GenerateRequest request;
-    absl::Status submitted = ParseRequest(raw_request, &request);
+    absl::Status submitted = authorized.ok() ? ParseRequest(raw_request, &request) : authorized;
     call_log_.TakeRequest(request);
     if (submitted.ok()) {
       submitted = request_.Submit(engine, context, request,
@@ -148,10 +148,10 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
  public:
   StreamReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
-                const grpc::ByteBuffer& raw_request)
+                absl::Status authorized, const grpc::ByteBuffer& raw_request)
       : engine_(engine), metrics_(metrics), call_log_(log, "Stream", context) {
     pb::GenerateRequest request;
-    absl::Status submitted = ParseRequest(raw_request, &request);
+    absl::Status submitted = authorized.ok() ? ParseRequest(raw_request, &request) : authorized;
     call_log_.TakeRequest(request);
     if (submitted.ok()) {
       submitted = request_.Submit(engine, context, request,
@@ -244,13 +244,13 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
 // A unary call answered at once: parse, `handle`, serialize, finish counted.
 template <typename Request, typename Response, typename Handle>
-grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const grpc::ByteBuffer& raw_request,
-                                     grpc::ByteBuffer* raw_response, ServerMetrics* metrics, const char* rpc,
-                                     Handle handle) {
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const absl::Status& authorized,
+                                     const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* raw_response,
+                                     ServerMetrics* metrics, const char* rpc, Handle handle) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Request request;
   Response response;
-  grpc::Status status = ToGrpcStatus(ParseRequest(raw_request, &request));
+  grpc::Status status = ToGrpcStatus(authorized.ok() ? ParseRequest(raw_request, &request) : authorized);
   if (status.ok()) status = handle(request, &response);
   if (status.ok()) *raw_response = Serialize(response);
   FinishCounted(reactor, metrics, rpc, status);
@@ -261,42 +261,52 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const
 
 grpc::ServerUnaryReactor* ModuleFormerService::Generate(grpc::CallbackServerContext* context,
                                                         const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  return new GenerateReactor(engine_, metrics_, request_log_, context, *request, response);
+  return new GenerateReactor(engine_, metrics_, request_log_, context, Authorize(context), *request, response);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ModuleFormerService::Stream(grpc::CallbackServerContext* context,
                                                                         const grpc::ByteBuffer* request) {
-  return new StreamReactor(engine_, metrics_, request_log_, context, *request);
+  return new StreamReactor(engine_, metrics_, request_log_, context, Authorize(context), *request);
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::Tokenize(grpc::CallbackServerContext* context,
                                                         const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   return ServeUnary<pb::TokenizeRequest, pb::TokenizeResponse>(
-      context, *request, response, metrics_, "Tokenize",
+      context, Authorize(context), *request, response, metrics_, "Tokenize",
       [this](const pb::TokenizeRequest& parsed, pb::TokenizeResponse* out) { return TokenizeParsed(parsed, out); });
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::ModelInfo(grpc::CallbackServerContext* context,
                                                          const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   return ServeUnary<pb::ModelInfoRequest, pb::ModelInfoResponse>(
-      context, *request, response, metrics_, "ModelInfo",
+      context, Authorize(context), *request, response, metrics_, "ModelInfo",
       [this](const pb::ModelInfoRequest&, pb::ModelInfoResponse* out) { return ModelInfoParsed(out); });
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::GetLoad(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   return ServeUnary<pb::LoadRequest, pb::LoadResponse>(
-      context, *request, response, metrics_, "GetLoad",
+      context, Authorize(context), *request, response, metrics_, "GetLoad",
       [this](const pb::LoadRequest&, pb::LoadResponse* out) { return GetLoadParsed(out); });
 }
 
 grpc::ServerUnaryReactor* ModuleFormerService::ExpertStats(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   return ServeUnary<pb::ExpertStatsRequest, pb::ExpertStatsResponse>(
-      context, *request, response, metrics_, "ExpertStats",
+      context, Authorize(context), *request, response, metrics_, "ExpertStats",
       [this](const pb::ExpertStatsRequest& parsed, pb::ExpertStatsResponse* out) {
         return ExpertStatsParsed(parsed, out);
       });
+}
+
+absl::Status ModuleFormerService::Authorize(const grpc::CallbackServerContext* context) const {
+  if (api_keys_ == nullptr) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  const auto header = metadata.find("authorization");
+  if (header != metadata.end() && api_keys_->Allows(std::string_view(header->second.data(), header->second.size()))) {
+    return absl::OkStatus();
+  }
+  return absl::UnauthenticatedError("authorization: this server needs 'Bearer <api key>' in the call's metadata");
 }
 
 grpc::Status ModuleFormerService::TokenizeParsed(const pb::TokenizeRequest& request, pb::TokenizeResponse* response) {

@@ -7,6 +7,7 @@
 
 #include "engine/engine.h"
 #include "moduleformer/v1/moduleformer.grpc.pb.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/request_log.h"
 
@@ -23,11 +24,12 @@ using RawService = v1::ModuleFormer::WithRawCallbackMethod_Generate<v1::ModuleFo
 
 class ModuleFormerService final : public internal::RawService {
  public:
-  // `metrics` (no exporter) and `request_log` (no log) may be null.
+  // `metrics` (no exporter), `request_log` (no log) and `api_keys` (no authentication)
+  // may be null.
   ModuleFormerService(Engine& engine, std::string model_name, std::string backend_name, ServerMetrics* metrics,
-                      RequestLog* request_log = nullptr)
+                      RequestLog* request_log = nullptr, const ApiKeys* api_keys = nullptr)
       : engine_(engine), model_name_(std::move(model_name)), backend_name_(std::move(backend_name)),
-        metrics_(metrics), request_log_(request_log) {}
+        metrics_(metrics), request_log_(request_log), api_keys_(api_keys) {}
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
@@ -43,6 +45,8 @@ class ModuleFormerService final : public internal::RawService {
                                         grpc::ByteBuffer* response) override;
 
  private:
+  // OK, or UNAUTHENTICATED when keys are required and the call carries none of them.
+  absl::Status Authorize(const grpc::CallbackServerContext* context) const;
   grpc::Status TokenizeParsed(const moduleformer::v1::TokenizeRequest& request,
                               moduleformer::v1::TokenizeResponse* response);
   grpc::Status ModelInfoParsed(moduleformer::v1::ModelInfoResponse* response);
@@ -55,6 +59,7 @@ class ModuleFormerService final : public internal::RawService {
   std::string backend_name_;
   ServerMetrics* metrics_;
   RequestLog* request_log_;
+  const ApiKeys* api_keys_;
 };
 
 }  // namespace mf::server

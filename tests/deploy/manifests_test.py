@@ -87,6 +87,12 @@ class ManifestsTest(unittest.TestCase):
         delay = int(flag_value(server["args"], "drain-delay-seconds"))
         self.assertGreater(pod["terminationGracePeriodSeconds"], pre_stop + delay + grace)
         self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        # API keys come from a Secret mounted where --api-key-file points.
+        key_file = flag_value(server["args"], "api-key-file")
+        mount = next(m for m in server["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        self.assertEqual(volume["secret"]["secretName"], "moduleformer-api-keys")
+        self.assertTrue(mount["readOnly"])
         self.assertEqual(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0)
         if overlay == "gpu":
             self.assertEqual(server["resources"]["limits"]["nvidia.com/gpu"], "1")

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/client_context.h>
+
 #include "absl/status/statusor.h"
 #include "engine/model.h"
 
@@ -15,6 +17,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags();
 
 // Arguments left after flag parsing (e.g. the prompt text of `generate --server`).
 std::vector<std::string>& PositionalArguments();
+
+// Sends --api-key (or $MF_API_KEY) as "authorization: Bearer KEY", when given.
+void AddApiKey(grpc::ClientContext& context);
 
 int RunVerify();
 int RunRemoteGenerate();

@@ -61,6 +61,7 @@ int RunExpertStats() {
   auto stub = pb::ModuleFormer::NewStub(
       grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
+  AddApiKey(context);
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   pb::ExpertStatsRequest request;
   request.set_stats_tag(absl::GetFlag(FLAGS_tag));

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
@@ -18,8 +19,15 @@ ABSL_DECLARE_FLAG(int32_t, max_new_tokens);
 ABSL_FLAG(double, temperature, 0.0, "Sampling temperature for --server (0: greedy)");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating past the end-of-sequence token");
 ABSL_FLAG(double, timeout_seconds, 600, "Deadline for --server requests");
+ABSL_FLAG(std::string, api_key, "", "API key for a server run with --api-key-file (default: $MF_API_KEY)");
 
 namespace mf::cli {
+
+void AddApiKey(grpc::ClientContext& context) {
+  std::string key = absl::GetFlag(FLAGS_api_key);
+  if (const char* from_env = std::getenv("MF_API_KEY"); key.empty() && from_env != nullptr) key = from_env;
+  if (!key.empty()) context.AddMetadata("authorization", "Bearer " + key);
+}
 
 int RunRemoteGenerate() {
   namespace pb = moduleformer::v1;
@@ -47,6 +55,7 @@ int RunRemoteGenerate() {
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
   auto stub = pb::ModuleFormer::NewStub(channel);
   grpc::ClientContext context;
+  AddApiKey(context);
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_seconds) * 1000)));
   std::unique_ptr<grpc::ClientReader<pb::StreamResponse>> reader = stub->Stream(&context, request);
