@@ -71,9 +71,14 @@ absl::StatusOr<uint64_t> SubmitRequest(Engine& engine, grpc::CallbackServerConte
 // sees the stored id.
 class GuardedRequest {
  public:
-  absl::Status Submit(Engine& engine, grpc::CallbackServerContext* context, const pb::GenerateRequest& request,
-                      UpdateCallback on_update) {
+  // Parses an admitted call's request (its stats tag goes to `call_log`) and submits it.
+  absl::Status ParseAndSubmit(Engine& engine, grpc::CallbackServerContext* context, absl::Status admitted,
+                              const grpc::ByteBuffer& raw_request, CallLog& call_log, UpdateCallback on_update) {
     absl::MutexLock lock(&mutex_);
+    pb::GenerateRequest request;
+    if (admitted.ok()) admitted = ParseRequest(raw_request, &request);
+    call_log.TakeRequest(request);
+    if (!admitted.ok()) return admitted;
     absl::StatusOr<uint64_t> id = SubmitRequest(engine, context, request, std::move(on_update));
     if (id.ok()) id_ = *id;
     return id.status();
@@ -103,13 +108,9 @@ class GenerateReactor : public grpc::ServerUnaryReactor {
   GenerateReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
                   absl::Status authorized, const grpc::ByteBuffer& raw_request, grpc::ByteBuffer* raw_response)
       : engine_(engine), metrics_(metrics), raw_response_(raw_response), call_log_(log, "Generate", context) {
-    pb::GenerateRequest request;
-    absl::Status submitted = authorized.ok() ? ParseRequest(raw_request, &request) : authorized;
-    call_log_.TakeRequest(request);
-    if (submitted.ok()) {
-      submitted = request_.Submit(engine, context, request,
-                                  [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
-    }
+    const absl::Status submitted =
+        request_.ParseAndSubmit(engine, context, std::move(authorized), raw_request, call_log_,
+                                [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
     if (!submitted.ok()) call_log_.Finish(this, metrics_, ToGrpcStatus(submitted));
   }
 
@@ -150,13 +151,9 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   StreamReactor(Engine& engine, ServerMetrics* metrics, RequestLog* log, grpc::CallbackServerContext* context,
                 absl::Status authorized, const grpc::ByteBuffer& raw_request)
       : engine_(engine), metrics_(metrics), call_log_(log, "Stream", context) {
-    pb::GenerateRequest request;
-    absl::Status submitted = authorized.ok() ? ParseRequest(raw_request, &request) : authorized;
-    call_log_.TakeRequest(request);
-    if (submitted.ok()) {
-      submitted = request_.Submit(engine, context, request,
-                                  [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
-    }
+    const absl::Status submitted =
+        request_.ParseAndSubmit(engine, context, std::move(authorized), raw_request, call_log_,
+                                [this](GenerationUpdate&& update) { OnUpdate(std::move(update)); });
     if (!submitted.ok()) call_log_.Finish(this, metrics_, ToGrpcStatus(submitted));
   }
 

@@ -342,13 +342,8 @@ class DescriptorExhaustionTest(unittest.TestCase):
     def test_a_deaf_tls_listener_exits_non_zero(self):
         # gRPC's own listener (TLS) cannot be re-armed after EMFILE: the server must not
         # stay up deaf, but say so and exit for its supervisor to restart it.
-        workdir = tempfile.mkdtemp(prefix="mf-tls-")
-        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
-                       check=True, capture_output=True)
-        server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-grace-seconds", "1", tls=(cert, key),
-                                open_files=128)
+        server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-grace-seconds", "1",
+                                tls=harness.self_signed_certificate(), open_files=128)
         try:
             sockets = self.flood(server.port, 300)
             try:

@@ -139,6 +139,16 @@ class Server:
         self.log.close()
 
 
+def self_signed_certificate():
+    """(cert.pem, key.pem) of a fresh self-signed certificate for localhost."""
+    workdir = tempfile.mkdtemp(prefix="mf-tls-")
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def stop_process(process, stop_signal, timeout):
     """Asks a child process to stop with `stop_signal`; kills it if it has not within `timeout` s."""
     if process.poll() is not None:

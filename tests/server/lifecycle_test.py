@@ -69,12 +69,7 @@ class LifecycleTest(unittest.TestCase):
             server.close()
 
     def test_tls(self):
-        workdir = tempfile.mkdtemp(prefix="mf-tls-")
-        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
-                       check=True, capture_output=True)
-        server = harness.Server(harness.reference_dir("molm-tiny"), tls=(cert, key))
+        server = harness.Server(harness.reference_dir("molm-tiny"), tls=harness.self_signed_certificate())
         try:
             case = harness.load_cases("molm-tiny")[0]
             reply = server.stub.Generate(harness.greedy_request(case["prompt"], len(case["greedy"])), timeout=30)
