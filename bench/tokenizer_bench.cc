@@ -55,7 +55,7 @@ const std::string& Corpus() {
 const mf::Tokenizer& Gpt2() {
   static const mf::Tokenizer* tokenizer = [] {
     const char* dir = std::getenv("MF_TOKENIZER_DIR");
-    auto loaded = mf::Tokenizer::Load(dir ? dir : MF_SHARED_DIR "/fixtures/tokenizer/gpt2");
+    auto loaded = mf::Tokenizer::Load(dir ? dir : MF_FIXTURES_DIR "/tokenizer/gpt2");
     if (!loaded.ok()) {
       std::fprintf(stderr, "%s\n", std::string(loaded.status().message()).c_str());
       std::exit(1);

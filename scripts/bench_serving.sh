@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build}"
-SHARED="${MF_SHARED_DIR:-$PWD/../shared}"
+FIXTURES="${MF_FIXTURES_DIR:-$PWD/tests/fixtures}"
 flags=("$@")
-[ ${#flags[@]} -gt 0 ] || flags=(--model "$SHARED/fixtures/reference/molm-tiny")
+[ ${#flags[@]} -gt 0 ] || flags=(--model "$FIXTURES/reference/molm-tiny")
 workdir=$(mktemp -d)
 "$BUILD_DIR/moduleformer-server" "${flags[@]}" --host 127.0.0.1 --port 0 --port-file "$workdir/port" \
   --metrics-port 0 --metrics-port-file "$workdir/metrics_port" > "$workdir/server.log" 2>&1 &

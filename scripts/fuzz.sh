@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT_DIR="${FUZZ_DIR:-build/fuzz}"
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
-SHARED="${MF_SHARED_DIR:-$ROOT/../shared}"
+FIXTURES="${MF_FIXTURES_DIR:-$ROOT/tests/fixtures}"
 mkdir -p "$OUT_DIR"
 
 SOURCES=(engine/text/utf8.cc engine/text/pretokenizer.cc engine/text/tokenizer.cc engine/text/tokenizer_loader.cc
@@ -20,7 +20,7 @@ done
 
 # Seeds: the tokenizer fixture's texts, and a small valid tokenizer.json.
 mkdir -p "$OUT_DIR/encode_corpus" "$OUT_DIR/loader_corpus"
-python3 - "$SHARED/fixtures/tokenizer/gpt2/cases.json" "$OUT_DIR" <<'PY'
+python3 - "$FIXTURES/tokenizer/gpt2/cases.json" "$OUT_DIR" <<'PY'
 import json, sys
 cases = json.load(open(sys.argv[1]))["cases"]
 for i, case in enumerate(cases):
@@ -38,7 +38,7 @@ doc = {"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]},
 open(f"{sys.argv[2]}/loader_corpus/minimal.json", "w").write(json.dumps(doc))
 PY
 
-export MF_FUZZ_TOKENIZER_DIR="$SHARED/fixtures/tokenizer/gpt2"
+export MF_FUZZ_TOKENIZER_DIR="$FIXTURES/tokenizer/gpt2"
 export ASAN_OPTIONS=detect_leaks=1
 "$OUT_DIR/tokenizer_encode_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=4096 -print_final_stats=1 \
   "$OUT_DIR/encode_corpus" 2>&1 | tail -n 4

@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build}"
-SHARED="${MF_SHARED_DIR:-$PWD/../shared}"
+FIXTURES="${MF_FIXTURES_DIR:-$PWD/tests/fixtures}"
 BUNDLE=.device/bundle
-rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/lib" "$BUNDLE/bench" "$BUNDLE/shared/fixtures"
+rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/lib" "$BUNDLE/bench" "$BUNDLE/fixtures"
 binaries=("$BUILD_DIR/tests/kernel_tests" "$BUILD_DIR/moduleformer" "$BUILD_DIR/moduleformer-server"
           "$BUILD_DIR/libmf_cuda_backend.so" "$BUILD_DIR/bench/step_bench" "$BUILD_DIR/bench/loadgen")
 for bin in "${binaries[@]}"; do
@@ -20,7 +20,7 @@ for bin in "${binaries[@]}"; do
     esac
   done
 done
-cp -r "$SHARED/fixtures/reference" "$BUNDLE/shared/fixtures/"
+cp -r "$FIXTURES/reference" "$BUNDLE/fixtures/"
 cp -r configs "$BUNDLE/"
 du -sh "$BUNDLE"
 # Compressed for transfer (OpenBLAS alone is 35 MB): unpack there with

@@ -9,13 +9,13 @@ BUNDLE="${BUNDLE:-$PWD/.device/bundle}"
 OUT="${OUT:-/tmp/mf-gpu}"
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-export MF_SHARED_DIR="$BUNDLE/shared"
+export MF_FIXTURES_DIR="$BUNDLE/fixtures"
 export MF_CUDA_BACKEND="$BUNDLE/libmf_cuda_backend.so"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 status=0
 "$BUNDLE/kernel_tests" 2>&1 | tee "$OUT/kernel_tests.txt" | grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|case [0-9]" || true
 grep -q "^\[  PASSED" "$OUT/kernel_tests.txt" && ! grep -q "FAILED" "$OUT/kernel_tests.txt" || status=1
-for dir in "$MF_SHARED_DIR"/fixtures/reference/*/; do
+for dir in "$MF_FIXTURES_DIR"/reference/*/; do
   "$BUNDLE/moduleformer" verify --device cuda --model "$dir" --cases "$dir/cases.json" --logit-tolerance 5e-2 --gate-tolerance 1e-3 \
     2>&1 | tee -a "$OUT/verify_cuda.txt" | tail -n 1 || status=1
 done
@@ -27,7 +27,7 @@ if [ -z "${SKIP_MEMCHECK:-}" ]; then
 fi
 # The real server on the GPU: generate through gRPC, scrape /metrics, a short load.
 work=$(mktemp -d)
-"$BUNDLE/moduleformer-server" --device cuda --model "$MF_SHARED_DIR/fixtures/reference/molm-tiny" \
+"$BUNDLE/moduleformer-server" --device cuda --model "$MF_FIXTURES_DIR/reference/molm-tiny" \
   --host 127.0.0.1 --port 0 --port-file "$work/port" --metrics-port 0 --metrics-port-file "$work/metrics" \
   > "$OUT/server.log" 2>&1 &
 server=$!

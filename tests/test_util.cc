@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -14,18 +15,42 @@ namespace mf::testing {
 namespace fs = std::filesystem;
 
 std::string FixturesDir() {
-  const char* override_dir = std::getenv("MF_SHARED_DIR");
-  return std::string(override_dir != nullptr ? override_dir : MF_SHARED_DIR) + "/fixtures";
+  const char* override_dir = std::getenv("MF_FIXTURES_DIR");
+  return override_dir != nullptr ? override_dir : MF_FIXTURES_DIR;
 }
 
-std::string ReferenceDir(const std::string& name) { return FixturesDir() + "/reference/" + name; }
+std::string ReferenceDir(const std::string& name) {
+  const std::string dir = FixturesDir() + "/reference/" + name;
+  if (!fs::exists(dir + "/config.json")) {
+    ADD_FAILURE() << "missing test data: " << dir << "/config.json (see tests/fixtures/README.md)";
+  }
+  return dir;
+}
+
+const Tokenizer& Gpt2Tokenizer() {
+  static const Tokenizer* tokenizer = [] {
+    const std::string dir = FixturesDir() + "/tokenizer/gpt2";
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(dir);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "missing test data: %s (see tests/fixtures/README.md)\n",
+                   std::string(loaded.status().message()).c_str());
+      std::exit(1);
+    }
+    return loaded->release();
+  }();
+  return *tokenizer;
+}
 
 std::vector<std::string> ReferenceModelNames() {
   std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(FixturesDir() + "/reference")) {
+  std::error_code error;
+  // Also called while tests are being listed, where a throw would abort the listing: a
+  // missing folder yields one name that fails, naming the path, when a test uses it.
+  for (const auto& entry : fs::directory_iterator(FixturesDir() + "/reference", error)) {
     if (fs::exists(entry.path() / "cases.json")) names.push_back(entry.path().filename().string());
   }
   std::sort(names.begin(), names.end());
+  if (names.empty()) names.push_back("no-reference-fixtures-found");
   return names;
 }
 

@@ -7,13 +7,18 @@
 #include <vector>
 
 #include "engine/checkpoint/safetensors.h"
+#include "engine/text/tokenizer.h"
 #include "engine/model.h"
 
 namespace mf::testing {
 
-// ../shared/fixtures (overridable with MF_SHARED_DIR).
+// tests/fixtures (overridable with MF_FIXTURES_DIR).
 std::string FixturesDir();
 std::string ReferenceDir(const std::string& name);
+// GPT-2's tokenizer from fixtures/tokenizer/gpt2, loaded once; the test program stops
+// with a message naming the path when it cannot be read.
+const Tokenizer& Gpt2Tokenizer();
+
 // Names of every reference model under fixtures/reference/.
 std::vector<std::string> ReferenceModelNames();
 

@@ -22,7 +22,7 @@ void Check(bool condition, const char* what) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* dir = std::getenv("MF_FUZZ_TOKENIZER_DIR");
-  auto loaded = mf::Tokenizer::Load(dir != nullptr ? dir : "../shared/fixtures/tokenizer/gpt2");
+  auto loaded = mf::Tokenizer::Load(dir != nullptr ? dir : "tests/fixtures/tokenizer/gpt2");
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", std::string(loaded.status().message()).c_str());
     std::abort();

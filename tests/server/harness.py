@@ -20,8 +20,7 @@ import grpc
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVER = os.environ.get("MF_SERVER_BIN", os.path.join(ROOT, "build", "moduleformer-server"))
 CLI = os.environ.get("MF_CLI_BIN", os.path.join(ROOT, "build", "moduleformer"))
-SHARED = os.environ.get("MF_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared"))
-FIXTURES = os.path.join(SHARED, "fixtures")
+FIXTURES = os.environ.get("MF_FIXTURES_DIR", os.path.join(ROOT, "tests", "fixtures"))
 
 
 def _generate_stubs():

@@ -3,7 +3,7 @@
 # chunked prefill), and fails loudly on a cases file whose expectations are wrong.
 set -euo pipefail
 tool="$1"
-fixtures="${MF_SHARED_DIR}/fixtures/reference"
+fixtures="${MF_FIXTURES_DIR:-$(dirname "$0")/../fixtures}/reference"
 count=0
 for dir in "$fixtures"/*/; do
   [ -f "$dir/cases.json" ] || continue

@@ -22,13 +22,13 @@ import modeling  # noqa: E402
 import reference_test  # noqa: E402
 
 CLI = os.environ.get("MF_CLI_BIN", os.path.join(ROOT, "build", "moduleformer"))
-SHARED = os.environ.get("MF_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared"))
+FIXTURES = os.environ.get("MF_FIXTURES_DIR", os.path.join(ROOT, "tests", "fixtures"))
 DEMO = os.path.join(ROOT, "models", "demo")
 
 
 class ReferenceFixtures(unittest.TestCase):
     def test_model_reproduces_every_fixture(self):
-        root = os.path.join(SHARED, "fixtures", "reference")
+        root = os.path.join(FIXTURES, "reference")
         names = sorted(os.listdir(root))
         self.assertGreaterEqual(len(names), 3)
         for name in names:

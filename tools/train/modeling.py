@@ -1,4 +1,4 @@
-"""ModuleFormer in PyTorch, written from ../shared/MODEL.md for training the demo model.
+"""ModuleFormer in PyTorch, written from the model's exact inference math (the engine's contract) for training the demo model.
 
 Module and parameter names follow the checkpoint layout (`transformer.h.i.attn.q_proj.
 experts.weight`, ...), so `state_dict()` is the exported checkpoint. Experts are evaluated

@@ -1,5 +1,5 @@
 """The training code's model must reproduce the original implementation's fixtures
-(../shared/fixtures/reference) before it is trusted to train: logits within 1e-4 and
+(tests/fixtures/reference) before it is trusted to train: logits within 1e-4 and
 the same routing (expert sets and gates) when it loads their weights, in float64."""
 import argparse
 import json
@@ -46,7 +46,7 @@ def check_case(model, case):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "../../../shared/fixtures/reference"))
+    parser.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "../../tests/fixtures/reference"))
     args = parser.parse_args()
     failures = 0
     names = sorted(os.listdir(args.fixtures))

@@ -10,10 +10,7 @@
 namespace mf {
 namespace {
 
-const Tokenizer& Gpt2() {
-  static const Tokenizer* tokenizer = Tokenizer::Load(testing::FixturesDir() + "/tokenizer/gpt2")->release();
-  return *tokenizer;
-}
+const Tokenizer& Gpt2() { return testing::Gpt2Tokenizer(); }
 
 TEST(Utf8Test, ReplacesEachMaximalInvalidSubpart) {
   EXPECT_EQ(SanitizeUtf8("ok \xC3\xA9"), "ok \xC3\xA9");

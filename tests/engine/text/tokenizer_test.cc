@@ -20,14 +20,7 @@ using nlohmann::json;
 
 std::string Gpt2Dir() { return testing::FixturesDir() + "/tokenizer/gpt2"; }
 
-const Tokenizer& Gpt2() {
-  static const Tokenizer* tokenizer = [] {
-    auto loaded = Tokenizer::Load(Gpt2Dir());
-    EXPECT_TRUE(loaded.ok()) << loaded.status();
-    return loaded.ok() ? loaded->release() : nullptr;
-  }();
-  return *tokenizer;
-}
+const Tokenizer& Gpt2() { return testing::Gpt2Tokenizer(); }
 
 // A tokenizer.json with GPT-2's vocab and merges plus CodeGen-style added tokens.
 std::string BuildTokenizerJson() {
