@@ -139,8 +139,12 @@ void Engine::Loop() {
     if (!plan.empty()) RunStep(plan);
     PublishStats();
     if (plan.empty() && !scheduler_->idle()) {
-      absl::MutexLock lock(&mutex_);  // nothing could run this step: wait briefly for a change
-      mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::HasInboxOrStop), absl::Milliseconds(1));
+      // Nothing could run this step: wait for a change. When only paused streams remain,
+      // only a resume (which wakes the loop) or a stall timeout can change anything.
+      const bool only_paused = scheduler_->num_waiting() == 0 && scheduler_->num_paused() == scheduler_->num_running();
+      absl::MutexLock lock(&mutex_);
+      mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::HasInboxOrStop),
+                              only_paused ? absl::Milliseconds(100) : absl::Milliseconds(1));
     }
   }
   FailAll(absl::UnavailableError("server is shutting down"));
