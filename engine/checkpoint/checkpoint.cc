@@ -75,8 +75,11 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   } else if (fs::exists(root / "model.safetensors")) {
     MF_RETURN_IF_ERROR(checkpoint->AddShard("model.safetensors"));
   } else if (fs::exists(root / "pytorch_model.bin") || fs::exists(root / "pytorch_model.bin.index.json")) {
+    const std::string converted = fs::path(dir).lexically_normal().string();
     return absl::FailedPreconditionError(absl::StrCat(
-        dir, ": only PyTorch pickle weights found; convert them to safetensors (model.safetensors)"));
+        dir, ": only PyTorch pickle weights found; convert them to safetensors with: moduleformer convert --model ",
+        converted, " --out ", converted.back() == '/' ? converted.substr(0, converted.size() - 1) : converted,
+        "-safetensors"));
   } else {
     return absl::NotFoundError(absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
   }

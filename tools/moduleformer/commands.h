@@ -26,5 +26,6 @@ int RunRemoteGenerate();
 int RunExpertStats();
 int RunGenerate();
 int RunTokenize();
+int RunConvert();
 
 }  // namespace mf::cli

@@ -35,6 +35,7 @@ constexpr char kUsage[] =
     "  generate --server HOST:PORT \"text\" [--prompt-ids ...]   stream a completion from a running server\n"
     "  tokenize --tokenizer DIR [--decode]   text on stdin -> JSON ids (or JSON ids -> text)\n"
     "  expert-stats --server HOST:PORT [--tag T] [--reset] [--json]   expert selection counts of a server\n"
+    "  convert --model SRC --out DST [--shard-size-mb 5000]   a PyTorch checkpoint directory to safetensors\n"
     "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
 
 }  // namespace
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return mf::cli::RunGenerate();
   if (command == "tokenize") return mf::cli::RunTokenize();
   if (command == "expert-stats") return mf::cli::RunExpertStats();
+  if (command == "convert") return mf::cli::RunConvert();
   std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(), kUsage);
   return 2;
 }

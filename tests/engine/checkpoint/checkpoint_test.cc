@@ -194,6 +194,8 @@ TEST(CheckpointTest, PickleOnlyAndEmptyDirectoriesAreClearErrors) {
   absl::Status status = LoadStatus(dir.path());
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(status.message(), HasSubstr("convert them to safetensors"));
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("moduleformer convert --model ", dir.path(), " --out ",
+                                                       dir.path(), "-safetensors")));
   EXPECT_THAT(LoadStatus(dir.File("nope")).message(), HasSubstr("not a directory"));
 }
 
