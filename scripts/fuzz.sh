@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the tokenizer's libFuzzer targets with clang (ASan + UBSan) and runs each
-# for FUZZ_SECONDS (default 20). Exits non-zero on any crash or broken invariant.
+# Builds the libFuzzer targets of the parsers that read untrusted input (tokenizer text,
+# tokenizer.json, PyTorch checkpoint pickles) with clang (ASan + UBSan) and runs each for
+# FUZZ_SECONDS (default 20). Exits non-zero on any crash or broken invariant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,9 +18,24 @@ command -v clang++ > /dev/null || { echo "clang++ not found: run scripts/setup.s
 for target in tokenizer_encode_fuzz tokenizer_loader_fuzz; do
   clang++ "${FLAGS[@]}" "tests/fuzz/$target.cc" "${SOURCES[@]}" $LIBS -o "$OUT_DIR/$target"
 done
+clang++ "${FLAGS[@]}" tests/fuzz/torch_pickle_fuzz.cc engine/checkpoint/torch_pickle.cc engine/checkpoint/dtype.cc \
+  $LIBS -o "$OUT_DIR/torch_pickle_fuzz"
 
 # Seeds: the tokenizer fixture's texts, and a small valid tokenizer.json.
-mkdir -p "$OUT_DIR/encode_corpus" "$OUT_DIR/loader_corpus"
+mkdir -p "$OUT_DIR/encode_corpus" "$OUT_DIR/loader_corpus" "$OUT_DIR/pickle_corpus"
+# Pickles PyTorch wrote: a state dict with bf16, int8 and f32 tensors, views and a tie.
+/usr/bin/python3 - "$OUT_DIR/pickle_corpus" <<'PY'
+import collections, io, sys, zipfile
+import torch
+base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+state = collections.OrderedDict(w=base.to(torch.bfloat16), mask=torch.ones(2, 2, dtype=torch.int8), t=base.t(),
+                                tied=base, scalar=torch.tensor(1.5))
+buffer = io.BytesIO()
+torch.save(state, buffer)
+with zipfile.ZipFile(buffer) as saved:
+    name = next(n for n in saved.namelist() if n.endswith("data.pkl"))
+    open(f"{sys.argv[1]}/state_dict.pkl", "wb").write(saved.read(name))
+PY
 python3 - "$FIXTURES/tokenizer/gpt2/cases.json" "$OUT_DIR" <<'PY'
 import json, sys
 cases = json.load(open(sys.argv[1]))["cases"]
@@ -44,4 +60,6 @@ export ASAN_OPTIONS=detect_leaks=1
   "$OUT_DIR/encode_corpus" 2>&1 | tail -n 4
 "$OUT_DIR/tokenizer_loader_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -rss_limit_mb=4096 \
   -print_final_stats=1 "$OUT_DIR/loader_corpus" 2>&1 | tail -n 4
+"$OUT_DIR/torch_pickle_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=8192 -rss_limit_mb=2048 \
+  -print_final_stats=1 "$OUT_DIR/pickle_corpus" 2>&1 | tail -n 4
 echo "fuzzing finished without findings"

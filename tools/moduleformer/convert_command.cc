@@ -12,13 +12,14 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/base/status_macros.h"
 #include "engine/checkpoint/torch_checkpoint.h"
 #include "nlohmann/json.hpp"
 #include "tools/moduleformer/commands.h"
 
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_FLAG(std::string, out, "", "convert: directory to write the safetensors checkpoint to");
-ABSL_FLAG(int64_t, shard_size_mb, 5000, "convert: largest output shard; a larger model is split into shards");
+ABSL_FLAG(double, shard_size_mb, 5000, "convert: largest output shard in MB; a larger model is split into shards");
 
 namespace mf::cli {
 namespace {
@@ -55,36 +56,69 @@ absl::StatusOr<std::vector<fs::path>> InputFiles(const fs::path& source) {
   return files;
 }
 
-absl::Status WriteShards(const std::vector<TensorToWrite>& tensors, const fs::path& out, size_t shard_bytes) {
-  std::vector<std::vector<const TensorToWrite*>> shards(1);
-  size_t current = 0, total = 0;
-  for (const TensorToWrite& tensor : tensors) {
-    if (current > 0 && current + tensor.bytes.size() > shard_bytes) {
-      shards.emplace_back();
-      current = 0;
+// Writes shards as tensors arrive, so memory holds one input file and one shard, not
+// the model; shards get their final names (which need their count) once all are written.
+class ShardWriter {
+ public:
+  ShardWriter(fs::path out, size_t shard_bytes) : out_(std::move(out)), shard_bytes_(shard_bytes) {}
+
+  absl::Status Add(TensorToWrite tensor) {
+    if (pending_bytes_ > 0 && pending_bytes_ + tensor.bytes.size() > shard_bytes_) MF_RETURN_IF_ERROR(Flush());
+    pending_bytes_ += tensor.bytes.size();
+    total_bytes_ += tensor.bytes.size();
+    pending_.push_back(std::move(tensor));
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() {
+    if (!pending_.empty() || shards_.empty()) MF_RETURN_IF_ERROR(Flush());
+    nlohmann::json weight_map = nlohmann::json::object();
+    for (size_t i = 0; i < shards_.size(); ++i) {
+      const std::string name = shards_.size() == 1
+                                   ? "model.safetensors"
+                                   : absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards_.size());
+      std::error_code error;
+      fs::rename(out_ / TemporaryName(i), out_ / name, error);
+      if (error) return absl::InternalError(absl::StrCat((out_ / name).string(), ": ", error.message()));
+      for (const std::string& tensor : shards_[i]) weight_map[tensor] = name;
     }
-    shards.back().push_back(&tensor);
-    current += tensor.bytes.size();
-    total += tensor.bytes.size();
-  }
-  nlohmann::json weight_map = nlohmann::json::object();
-  for (size_t i = 0; i < shards.size(); ++i) {
-    const std::string name = shards.size() == 1 ? "model.safetensors"
-                                                : absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
-    std::vector<TensorToWrite> shard;
-    for (const TensorToWrite* tensor : shards[i]) {
-      shard.push_back(*tensor);
-      weight_map[tensor->name] = name;
+    if (shards_.size() > 1) {
+      const nlohmann::json index = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", weight_map}};
+      std::ofstream((out_ / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
     }
-    if (absl::Status written = WriteSafetensors((out / name).string(), shard); !written.ok()) return written;
-    std::fprintf(stderr, "convert: wrote %s (%zu tensors)\n", name.c_str(), shard.size());
+    return absl::OkStatus();
   }
-  if (shards.size() > 1) {
-    const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::ofstream((out / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
+
+  static std::string TemporaryName(size_t index) { return absl::StrFormat("model-%05d.safetensors.partial", index + 1); }
+
+  // Removes the shards written so far: a failed conversion leaves nothing behind.
+  void Abandon() {
+    std::error_code ignored;
+    for (size_t i = 0; i < shards_.size(); ++i) fs::remove(out_ / TemporaryName(i), ignored);
   }
-  return absl::OkStatus();
-}
+
+ private:
+  absl::Status Flush() {
+    std::error_code error;
+    fs::create_directories(out_, error);
+    if (error) return absl::InternalError(absl::StrCat(out_.string(), ": ", error.message()));
+    const std::string name = TemporaryName(shards_.size());
+    MF_RETURN_IF_ERROR(WriteSafetensors((out_ / name).string(), pending_));
+    std::fprintf(stderr, "convert: wrote shard %zu (%zu tensors, %.1f MB)\n", shards_.size() + 1, pending_.size(),
+                 static_cast<double>(pending_bytes_) / 1e6);
+    shards_.emplace_back();
+    for (const TensorToWrite& tensor : pending_) shards_.back().push_back(tensor.name);
+    pending_.clear();
+    pending_bytes_ = 0;
+    return absl::OkStatus();
+  }
+
+  fs::path out_;
+  size_t shard_bytes_;
+  std::vector<TensorToWrite> pending_;
+  size_t pending_bytes_ = 0, total_bytes_ = 0;
+  std::vector<std::vector<std::string>> shards_;  // tensor names, per shard written
+};
 
 }  // namespace
 
@@ -96,31 +130,35 @@ int RunConvert() {
   }
   absl::StatusOr<std::vector<fs::path>> inputs = InputFiles(source);
   if (!inputs.ok()) return Fail(inputs.status());
-  std::vector<TensorToWrite> tensors;
+  const size_t shard_bytes = static_cast<size_t>(std::max(0.0, absl::GetFlag(FLAGS_shard_size_mb)) * (1 << 20));
+  ShardWriter writer(out, shard_bytes);
   std::set<std::string> seen;
   for (size_t i = 0; i < inputs->size(); ++i) {
     const fs::path& input = (*inputs)[i];
     std::fprintf(stderr, "convert: reading %s (%zu/%zu, %.1f MB)\n", input.filename().c_str(), i + 1, inputs->size(),
                  fs::exists(input) ? static_cast<double>(fs::file_size(input)) / 1e6 : 0.0);
     absl::StatusOr<std::vector<TensorToWrite>> read = ReadTorchCheckpoint(input.string());
-    if (!read.ok()) return Fail(read.status());
-    for (TensorToWrite& tensor : *read) {
-      if (!seen.insert(tensor.name).second) {
-        return Fail(absl::InvalidArgumentError(absl::StrCat(input.string(), ": tensor '", tensor.name, "' appears twice")));
-      }
-      tensors.push_back(std::move(tensor));
+    absl::Status status = read.status();
+    for (size_t t = 0; status.ok() && t < read->size(); ++t) {
+      TensorToWrite& tensor = (*read)[t];
+      status = seen.insert(tensor.name).second
+                   ? writer.Add(std::move(tensor))
+                   : absl::InvalidArgumentError(absl::StrCat(input.string(), ": tensor '", tensor.name, "' appears twice"));
+    }
+    if (!status.ok()) {
+      writer.Abandon();
+      return Fail(status);
     }
   }
-  std::error_code error;
-  fs::create_directories(out, error);
-  if (error) return Fail(absl::InternalError(absl::StrCat(out.string(), ": ", error.message())));
-  const size_t shard_bytes = static_cast<size_t>(std::max<int64_t>(1, absl::GetFlag(FLAGS_shard_size_mb))) << 20;
-  if (absl::Status written = WriteShards(tensors, out, shard_bytes); !written.ok()) return Fail(written);
+  if (absl::Status finished = writer.Finish(); !finished.ok()) {
+    writer.Abandon();
+    return Fail(finished);
+  }
   for (const char* name : {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                            "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}) {
     if (fs::exists(source / name)) fs::copy_file(source / name, out / name, fs::copy_options::overwrite_existing);
   }
-  std::fprintf(stderr, "convert: %zu tensors from %zu file(s) into %s\n", tensors.size(), inputs->size(),
+  std::fprintf(stderr, "convert: %zu tensors from %zu file(s) into %s\n", seen.size(), inputs->size(),
                out.c_str());
   return 0;
 }
