@@ -190,3 +190,28 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_and_fail(*args):
+    """Runs the server with `args`, expecting it to refuse to start; returns its stderr."""
+    command = [SERVER, "--port", "0", "--metrics-port", "-1", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if result.returncode != 1:
+        raise AssertionError(f"exit {result.returncode} (1 expected): {result.stderr}")
+    return result.stderr
+
+
+def request_counts(server):
+    """{(rpc, code): count} of moduleformer_requests_total."""
+    counts = {}
+    for (name, labels), value in parse_metrics(server.scrape()).items():
+        if name == "moduleformer_requests_total":
+            labels = dict(labels)
+            counts[(labels["rpc"], labels["code"])] = int(float(value))
+    return counts
+
+
+def log_codes(path, rpc):
+    with open(path) as f:
+        return [json.loads(line)["code"] for line in f if json.loads(line)["rpc"] == rpc]
+

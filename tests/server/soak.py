@@ -6,7 +6,6 @@ resident memory above a ceiling, or on KV blocks still held once the load stops.
     python3 soak.py [SECONDS] [RSS_CEILING_MB]      (scripts/soak.sh runs it)
 """
 import collections
-import os
 import random
 import sys
 import threading
