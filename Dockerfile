@@ -29,7 +29,7 @@ COPY ${MODEL} /opt/moduleformer/share/moduleformer/models/demo
 RUN useradd --system --uid 10001 --user-group --no-create-home moduleformer
 USER 10001:10001
 ENV PATH=/opt/moduleformer/bin:$PATH
-EXPOSE 50051 9400
+EXPOSE 50051 9400 8000
 ENTRYPOINT ["moduleformer-server"]
 CMD ["--host=0.0.0.0", "--port=50051", "--metrics-port=9400"]
 
@@ -41,6 +41,6 @@ COPY ${MODEL} /opt/moduleformer/share/moduleformer/models/demo
 RUN useradd --system --uid 10001 --user-group --no-create-home moduleformer
 USER 10001:10001
 ENV PATH=/opt/moduleformer/bin:$PATH
-EXPOSE 50051 9400
+EXPOSE 50051 9400 8000
 ENTRYPOINT ["moduleformer-server"]
 CMD ["--host=0.0.0.0", "--port=50051", "--metrics-port=9400", "--device=cuda"]

@@ -10,7 +10,7 @@ flags=("$@")
 [ ${#flags[@]} -gt 0 ] || flags=(--model "$FIXTURES/reference/molm-tiny")
 workdir=$(mktemp -d)
 "$BUILD_DIR/moduleformer-server" "${flags[@]}" --host 127.0.0.1 --port 0 --port-file "$workdir/port" \
-  --metrics-port 0 --metrics-port-file "$workdir/metrics_port" > "$workdir/server.log" 2>&1 &
+  --metrics-port 0 --metrics-port-file "$workdir/metrics_port" --http-port 0 > "$workdir/server.log" 2>&1 &
 server_pid=$!
 trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; rm -rf "$workdir"' EXIT
 for _ in $(seq 1 600); do [ -s "$workdir/port" ] && break; sleep 0.1; done

@@ -28,7 +28,7 @@ fi
 # The real server on the GPU: generate through gRPC, scrape /metrics, a short load.
 work=$(mktemp -d)
 "$BUNDLE/moduleformer-server" --device cuda --model "$MF_FIXTURES_DIR/reference/molm-tiny" \
-  --host 127.0.0.1 --port 0 --port-file "$work/port" --metrics-port 0 --metrics-port-file "$work/metrics" \
+  --host 127.0.0.1 --port 0 --port-file "$work/port" --metrics-port 0 --metrics-port-file "$work/metrics" --http-port 0 \
   > "$OUT/server.log" 2>&1 &
 server=$!
 for _ in $(seq 1 300); do [ -s "$work/port" ] && [ -s "$work/metrics" ] && break; sleep 0.1; done

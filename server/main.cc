@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -22,6 +23,7 @@
 #include "engine/model_loader.h"
 #include "server/command_line.h"
 #include "server/listener.h"
+#include "server/openai_http.h"
 #include "server/model_flags.h"
 #include "server/service.h"
 #include "server/wire.h"
@@ -32,6 +34,10 @@ ABSL_FLAG(int32_t, port, 50051, "gRPC port (0: pick a free one and print it)");
 ABSL_FLAG(std::string, port_file, "", "Write the port actually bound to this file once serving");
 ABSL_FLAG(int32_t, metrics_port, 9400, "Prometheus /metrics port (0: pick a free one; -1: no exporter)");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the metrics port actually bound to this file");
+ABSL_FLAG(int32_t, http_port, 8000, "OpenAI-compatible HTTP API port (0: pick a free one; -1: off)");
+ABSL_FLAG(std::string, http_port_file, "", "Write the HTTP API port actually bound to this file");
+ABSL_FLAG(std::string, served_model_name, "",
+          "The model name of the HTTP API (default: the model folder's name, or the random config's)");
 ABSL_FLAG(int32_t, max_batch_tokens, 2048, "Tokens per engine step, all requests together");
 ABSL_FLAG(int32_t, max_running, 256, "Sequences generating at once");
 ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOURCE_EXHAUSTED");
@@ -226,6 +232,23 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (listener != nullptr) listener->Start(server.get());
+  std::unique_ptr<mf::server::OpenAiHttpServer> http_api;
+  if (absl::GetFlag(FLAGS_http_port) >= 0) {
+    mf::server::OpenAiHttpOptions options;
+    options.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+    if (options.served_model_name.empty()) options.served_model_name = std::filesystem::path(model_name).stem().string();
+    options.api_keys = api_keys.get();
+    options.metrics = export_metrics ? metrics.get() : nullptr;
+    http_api = std::make_unique<mf::server::OpenAiHttpServer>(*engine, options);
+    if (absl::Status status = http_api->Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port));
+        !status.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+      return 1;
+    }
+    if (!absl::GetFlag(FLAGS_http_port_file).empty()) {
+      std::ofstream(absl::GetFlag(FLAGS_http_port_file)) << http_api->port() << "\n";
+    }
+  }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_port_file)) << selected_port << "\n";
   }
@@ -264,6 +287,7 @@ int main(int argc, char** argv) {
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(grace_seconds);
   if (listener != nullptr) listener->Close();
   server->Shutdown(deadline);
+  if (http_api != nullptr) http_api->Stop();
   const bool drained = std::chrono::system_clock::now() < deadline;
   engine->StopAccepting();
   metrics->DetachEngine();

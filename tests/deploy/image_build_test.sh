@@ -34,7 +34,7 @@ for binary in "$stage"/bin/*; do
 done
 
 cd "$work"  # nowhere near the source tree: the default model must come from the stage
-env -i "$stage/bin/moduleformer-server" --host 127.0.0.1 --port 0 --port-file "$work/port" --metrics-port -1 \
+env -i "$stage/bin/moduleformer-server" --host 127.0.0.1 --port 0 --port-file "$work/port" --metrics-port -1 --http-port -1 \
   > "$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 200); do [ -s "$work/port" ] && break; sleep 0.05; done

@@ -81,13 +81,15 @@ class Server:
         self.workdir = tempfile.mkdtemp(prefix="mf-server-")
         port_file = os.path.join(self.workdir, "port")
         metrics_port_file = os.path.join(self.workdir, "metrics_port")
+        http_port_file = os.path.join(self.workdir, "http_port")
         self.log_path = os.path.join(self.workdir, "server.log")
         if model is None:
             source = []
         else:
             source = ["--random-weights", model] if model.endswith(".json") else ["--model", model]
         args = [SERVER, *source, "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
-                "--metrics-port", "0", "--metrics-port-file", metrics_port_file, "--kv-cache-mb", "64", *flags]
+                "--metrics-port", "0", "--metrics-port-file", metrics_port_file, "--http-port", "0",
+                "--http-port-file", http_port_file, "--kv-cache-mb", "64", *flags]
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         self.log = open(self.log_path, "w")
@@ -103,6 +105,7 @@ class Server:
             time.sleep(0.05)
         self.port = int(_read(port_file))
         self.metrics_port = int(_read(metrics_port_file) or 0)
+        self.http_port = int(_read(http_port_file) or 0)
         self.address = f"127.0.0.1:{self.port}"
         if tls:
             with open(tls[0], "rb") as f:

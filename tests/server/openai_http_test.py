@@ -1,0 +1,149 @@
+"""The OpenAI-compatible HTTP API (`--http-port`) against the real server on the demo
+model, with a plain HTTP client: completions whole and streamed equal to gRPC Generate,
+errors in OpenAI's schema, models, health, and a disconnect freeing the request."""
+import http.client
+import json
+import os
+import socket
+import tempfile
+import unittest
+
+import harness
+from harness import pb
+
+PROMPT = "The best thing about computers is"
+
+
+class OpenAiHttpTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = harness.Server(None)  # the built-in demo model
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.close()
+
+    def post(self, path, body, headers=None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=60)
+        try:
+            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
+            reply = connection.getresponse()
+            return reply.status, reply.read().decode()
+        finally:
+            connection.close()
+
+    def get(self, path):
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=10)
+        try:
+            connection.request("GET", path)
+            reply = connection.getresponse()
+            return reply.status, reply.read().decode()
+        finally:
+            connection.close()
+
+    def grpc_text(self, max_tokens, **extra):
+        request = pb.GenerateRequest(text=PROMPT, max_new_tokens=max_tokens, **extra)
+        return self.server.stub.Generate(request, timeout=60).text
+
+    def test_greedy_completion_equals_grpc_generate(self):
+        status, body = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 24, "temperature": 0})
+        self.assertEqual(status, 200, body)
+        reply = json.loads(body)
+        self.assertEqual(reply["object"], "text_completion")
+        self.assertEqual(reply["model"], "demo")
+        self.assertEqual(reply["choices"][0]["text"], self.grpc_text(24, temperature=0.0))
+        self.assertEqual(reply["choices"][0]["finish_reason"], "length")
+        self.assertEqual(reply["usage"]["completion_tokens"], 24)
+        self.assertEqual(reply["usage"]["total_tokens"], reply["usage"]["prompt_tokens"] + 24)
+
+    def test_streamed_deltas_concatenate_to_the_same_text_and_end_with_done(self):
+        status, body = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 24, "temperature": 0,
+                                                     "stream": True, "stream_options": {"include_usage": True}})
+        self.assertEqual(status, 200, body)
+        events = [line[len("data: "):] for line in body.split("\n") if line.startswith("data: ")]
+        self.assertEqual(events[-1], "[DONE]")
+        chunks = [json.loads(event) for event in events[:-1]]
+        text = "".join(choice["text"] for chunk in chunks for choice in chunk["choices"])
+        self.assertEqual(text, self.grpc_text(24, temperature=0.0))
+        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 24)
+        self.assertEqual([c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1], "length")
+
+    def test_seeded_sampling_is_reproducible_and_stop_strings_apply(self):
+        body = {"prompt": PROMPT, "max_tokens": 20, "temperature": 0.9, "top_p": 0.9, "seed": 42}
+        first, second = (json.loads(self.post("/v1/completions", body)[1]) for _ in range(2))
+        self.assertEqual(first["choices"][0]["text"], second["choices"][0]["text"])
+        self.assertEqual(first["choices"][0]["text"], self.grpc_text(20, temperature=0.9, top_p=0.9, seed=42))
+        greedy = self.grpc_text(24, temperature=0.0)
+        stop = greedy.split()[2]
+        status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 24, "temperature": 0,
+                                                      "stop": [stop]})
+        self.assertEqual(status, 200, reply)
+        choice = json.loads(reply)["choices"][0]
+        self.assertEqual(choice["finish_reason"], "stop")
+        self.assertEqual(choice["text"], greedy[:greedy.index(stop)])
+
+    def test_bad_fields_get_openai_errors_naming_them(self):
+        cases = [({"prompt": PROMPT, "max_tokens": -1}, 400, "max_tokens"),
+                 ({"prompt": PROMPT, "max_tokens": "ten"}, 400, "max_tokens"),
+                 ({"prompt": PROMPT, "temperature": -1}, 400, "temperature"),
+                 ({"prompt": PROMPT, "top_p": 2}, 400, "top_p"),
+                 ({"prompt": PROMPT, "n": 2}, 400, "n"),
+                 ({"prompt": PROMPT, "stop": 5}, 400, "stop"),
+                 ({"max_tokens": 4}, 400, "prompt"),
+                 ({"prompt": PROMPT, "max_tokens": 100000}, 400, "max_tokens"),
+                 ({"prompt": PROMPT, "model": "gpt-4"}, 404, "model")]
+        for body, status, param in cases:
+            with self.subTest(body=body):
+                got, reply = self.post("/v1/completions", body)
+                self.assertEqual(got, status, reply)
+                error = json.loads(reply)["error"]
+                self.assertEqual(error["param"], param)
+                self.assertTrue(error["message"].startswith(param), error["message"])
+                self.assertEqual(error["type"], "invalid_request_error")
+        status, reply = self.post("/v1/completions", {"prompt": PROMPT, "model": "demo", "max_tokens": 2})
+        self.assertEqual(status, 200, reply)
+
+    def test_models_and_health(self):
+        status, body = self.get("/v1/models")
+        self.assertEqual(status, 200)
+        self.assertEqual([m["id"] for m in json.loads(body)["data"]], ["demo"])
+        self.assertEqual(self.get("/health")[0], 200)
+        self.assertEqual(self.get("/nowhere")[0], 404)
+
+    def test_a_disconnect_mid_stream_frees_the_request(self):
+        idle = self.server.wait_idle().kv_blocks_used
+        with socket.create_connection(("127.0.0.1", self.server.http_port)) as client:
+            body = json.dumps({"prompt": PROMPT, "max_tokens": 3000, "temperature": 0, "ignore_eos": True,
+                               "stream": True}).encode()
+            client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            received = b""
+            while b"data: " not in received:  # streaming has begun
+                received += client.recv(4096)
+            self.assertEqual(self.server.load().running_requests, 1)
+        load = self.server.wait_idle()
+        self.assertEqual(load.kv_blocks_used, idle)
+
+
+class OpenAiHttpAuthTest(unittest.TestCase):
+    def test_api_keys_apply_to_http_too(self):
+        key_file = os.path.join(tempfile.mkdtemp(prefix="mf-http-auth-"), "keys")
+        with open(key_file, "w") as f:
+            f.write("http-key-123\n")
+        server = harness.Server(None, "--api-key-file", key_file)
+        try:
+            def post(headers):
+                connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                connection.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 2}),
+                                   {"Content-Type": "application/json", **headers})
+                reply = connection.getresponse()
+                return reply.status, reply.read()
+            self.assertEqual(post({})[0], 401)
+            self.assertEqual(post({"Authorization": "Bearer wrong"})[0], 401)
+            self.assertEqual(post({"Authorization": "Bearer http-key-123"})[0], 200)
+        finally:
+            server.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
