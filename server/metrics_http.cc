@@ -66,35 +66,27 @@ class BoundedThreadPool : public httplib::TaskQueue {
 MetricsHttpServer::MetricsHttpServer(std::vector<std::weak_ptr<prometheus::Collectable>> collectables,
                                      MetricsHttpOptions options)
     : collectables_(std::move(collectables)), options_(options) {
-  http_.new_task_queue = [threads = options_.max_connections] {
+  httplib::Server& http = endpoint_.http();
+  http.new_task_queue = [threads = options_.max_connections] {
     return new BoundedThreadPool(threads, static_cast<size_t>(threads));
   };
-  http_.set_keep_alive_timeout(options_.idle_timeout_seconds);
-  http_.set_read_timeout(options_.read_timeout_seconds, 0);
-  http_.set_write_timeout(options_.read_timeout_seconds, 0);
-  http_.set_payload_max_length(64 << 10);
-  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
+  http.set_keep_alive_timeout(options_.idle_timeout_seconds);
+  http.set_read_timeout(options_.read_timeout_seconds, 0);
+  http.set_write_timeout(options_.read_timeout_seconds, 0);
+  http.set_payload_max_length(64 << 10);
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
     response.set_content(Exposition(), "text/plain; version=0.0.4; charset=utf-8");
   });
-  http_.Get("/health", [](const httplib::Request&, httplib::Response& response) {
+  http.Get("/health", [](const httplib::Request&, httplib::Response& response) {
     response.set_content("ok\n", "text/plain; charset=utf-8");
   });
-  http_.set_error_handler([](const httplib::Request&, httplib::Response& response) {
+  http.set_error_handler([](const httplib::Request&, httplib::Response& response) {
     if (response.status == 404) response.set_content("not found: try /metrics\n", "text/plain; charset=utf-8");
   });
 }
 
-MetricsHttpServer::~MetricsHttpServer() {
-  http_.stop();
-  if (listener_.joinable()) listener_.join();
-}
-
 absl::Status MetricsHttpServer::Start(const std::string& host, int port) {
-  const bool bound = port == 0 ? (port_ = http_.bind_to_any_port(host)) > 0 : http_.bind_to_port(host, port);
-  if (!bound) return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", host, ":", port));
-  if (port != 0) port_ = port;
-  listener_ = std::thread([this] { http_.listen_after_bind(); });
-  return absl::OkStatus();
+  return endpoint_.Start(host, port, "metrics");
 }
 
 std::string MetricsHttpServer::Exposition() const {

@@ -5,15 +5,13 @@
 // neither a browser nor a few idle sockets can crash it or keep a scrape waiting.
 #pragma once
 
-#include <httplib.h>
-
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "prometheus/collectable.h"
+#include "server/http_endpoint.h"
 
 namespace mf::server {
 
@@ -26,20 +24,17 @@ struct MetricsHttpOptions {
 class MetricsHttpServer {
  public:
   MetricsHttpServer(std::vector<std::weak_ptr<prometheus::Collectable>> collectables, MetricsHttpOptions options = {});
-  ~MetricsHttpServer();  // stops listening and joins its threads
 
   // Binds `host`:`port` (0: a free port) and starts serving on its own threads.
   absl::Status Start(const std::string& host, int port);
-  int port() const { return port_; }
+  int port() const { return endpoint_.port(); }
 
  private:
   std::string Exposition() const;
 
   std::vector<std::weak_ptr<prometheus::Collectable>> collectables_;
   MetricsHttpOptions options_;
-  httplib::Server http_;
-  std::thread listener_;
-  int port_ = 0;
+  HttpEndpoint endpoint_;  // last: stopped first, while the members its handlers use live
 };
 
 }  // namespace mf::server

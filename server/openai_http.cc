@@ -165,41 +165,31 @@ json Usage(const GenerationUpdate& final_update) {
 
 OpenAiHttpServer::OpenAiHttpServer(Engine& engine, OpenAiHttpOptions options)
     : engine_(engine), options_(std::move(options)) {
-  http_.new_task_queue = [threads = options_.threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  http_.set_keep_alive_timeout(5);
-  http_.set_read_timeout(30, 0);
-  http_.set_payload_max_length(16 << 20);
-  http_.Post("/v1/completions", [this](const httplib::Request& request, httplib::Response& response) {
+  httplib::Server& http = endpoint_.http();
+  http.new_task_queue = [threads = options_.threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  http.set_keep_alive_timeout(5);
+  http.set_read_timeout(30, 0);
+  http.set_payload_max_length(16 << 20);
+  http.Post("/v1/completions", [this](const httplib::Request& request, httplib::Response& response) {
     if (Authorized(request, response)) Completions(request, response);
   });
-  http_.Get("/v1/models", [this](const httplib::Request& request, httplib::Response& response) {
+  http.Get("/v1/models", [this](const httplib::Request& request, httplib::Response& response) {
     if (Authorized(request, response)) Models(response);
   });
-  http_.Get("/health", [this](const httplib::Request&, httplib::Response& response) {
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& response) {
     const bool draining = engine_.stats().draining;
     response.status = draining ? 503 : 200;
     response.set_content(draining ? "draining\n" : "ok\n", "text/plain; charset=utf-8");
   });
-  http_.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
+  http.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
     if (response.status == 404 && response.body.empty()) {
       SendError(response, 404, absl::StrCat("no route for ", request.method, " ", request.path), "");
     }
   });
 }
 
-OpenAiHttpServer::~OpenAiHttpServer() { Stop(); }
-
 absl::Status OpenAiHttpServer::Start(const std::string& host, int port) {
-  const bool bound = port == 0 ? (port_ = http_.bind_to_any_port(host)) > 0 : http_.bind_to_port(host, port);
-  if (!bound) return absl::UnavailableError(absl::StrCat("--http-port: cannot listen on ", host, ":", port));
-  if (port != 0) port_ = port;
-  listener_ = std::thread([this] { http_.listen_after_bind(); });
-  return absl::OkStatus();
-}
-
-void OpenAiHttpServer::Stop() {
-  http_.stop();
-  if (listener_.joinable()) listener_.join();
+  return endpoint_.Start(host, port, "--http-port");
 }
 
 bool OpenAiHttpServer::Authorized(const httplib::Request& request, httplib::Response& response) const {

@@ -9,11 +9,11 @@
 
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "engine/engine.h"
 #include "server/auth.h"
+#include "server/http_endpoint.h"
 #include "server/metrics.h"
 
 namespace mf::server {
@@ -28,12 +28,11 @@ struct OpenAiHttpOptions {
 class OpenAiHttpServer {
  public:
   OpenAiHttpServer(Engine& engine, OpenAiHttpOptions options);
-  ~OpenAiHttpServer();  // Stop()
 
   absl::Status Start(const std::string& host, int port);  // port 0: a free one
-  int port() const { return port_; }
+  int port() const { return endpoint_.port(); }
   // Closes the listener; calls in progress finish (the engine drains them).
-  void Stop();
+  void Stop() { endpoint_.Stop(); }
 
  private:
   void Completions(const httplib::Request& request, httplib::Response& response);
@@ -42,9 +41,7 @@ class OpenAiHttpServer {
 
   Engine& engine_;
   OpenAiHttpOptions options_;
-  httplib::Server http_;
-  std::thread listener_;
-  int port_ = 0;
+  HttpEndpoint endpoint_;  // last: stopped first, while the members its handlers use live
 };
 
 }  // namespace mf::server
