@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 import unittest
 
 import harness
@@ -120,6 +121,9 @@ class OpenAiHttpTest(unittest.TestCase):
             received = b""
             while b"data: " not in received:  # streaming has begun
                 received += client.recv(4096)
+            deadline = time.time() + 10  # GetLoad's counts are published after each engine step
+            while self.server.load().running_requests != 1 and time.time() < deadline:
+                time.sleep(0.01)
             self.assertEqual(self.server.load().running_requests, 1)
         load = self.server.wait_idle()
         self.assertEqual(load.kv_blocks_used, idle)
