@@ -1,8 +1,8 @@
 #include "engine/checkpoint/torch_pickle.h"
 
 #include <cstring>
+#include <deque>
 #include <map>
-#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -11,7 +11,9 @@ namespace mf {
 namespace {
 
 struct Value;
-using ValuePtr = std::shared_ptr<const Value>;
+// Values live in the unpickler's arena and refer to each other by pointer: a pickle can
+// make a container hold itself, which reference counting would leak.
+using ValuePtr = Value*;
 
 struct Value {
   enum class Kind { kNone, kBool, kInt, kFloat, kString, kBytes, kTuple, kList, kDict, kGlobal, kStorage, kTensor, kMark };
@@ -21,12 +23,6 @@ struct Value {
   std::vector<ValuePtr> items;  // tuple and list items; a dict's keys and values, alternating
   PickledTensor tensor;         // storage (dtype, key, elements) or tensor
 };
-
-ValuePtr Make(Value::Kind kind) {
-  auto value = std::make_shared<Value>();
-  value->kind = kind;
-  return value;
-}
 
 const std::map<std::string, DType>& StorageTypes() {
   static const auto* types = new std::map<std::string, DType>{
@@ -79,6 +75,13 @@ class Unpickler {
   std::vector<ValuePtr> stack_;
   std::vector<size_t> marks_;
   std::map<uint64_t, ValuePtr> memo_;
+  std::deque<Value> arena_;  // every value made; a deque keeps their addresses
+
+  ValuePtr Make(Value::Kind kind) {
+    arena_.emplace_back();
+    arena_.back().kind = kind;
+    return &arena_.back();
+  }
 };
 
 absl::StatusOr<uint64_t> Unpickler::ReadUnsigned(int bytes) {
@@ -134,7 +137,7 @@ absl::Status Unpickler::PushGlobal(const std::string& module, const std::string&
                               kRebuildTensor, ", ", kRebuildParameter, " and torch storage types"));
   }
   ValuePtr global = Make(Value::Kind::kGlobal);
-  const_cast<Value&>(*global).text = full;
+  (*global).text = full;
   return Push(global);
 }
 
@@ -148,8 +151,7 @@ absl::StatusOr<ValuePtr> Unpickler::PersistentLoad(const Value& id) {
   }
   auto type = StorageTypes().find(items[1]->text);
   if (type == StorageTypes().end()) return Error(absl::StrCat("'", items[1]->text, "' is not a storage type"));
-  auto storage = std::make_shared<Value>();
-  storage->kind = Value::Kind::kStorage;
+  ValuePtr storage = Make(Value::Kind::kStorage);
   storage->tensor.dtype = type->second;
   storage->tensor.storage_key = items[2]->text;
   storage->tensor.storage_elements = items[4]->integer;
@@ -186,8 +188,7 @@ absl::StatusOr<ValuePtr> Unpickler::Reduce(const Value& callable, const Value& a
         args[1]->kind != Value::Kind::kInt || args[1]->integer < 0) {
       return Error("bad _rebuild_tensor_v2 arguments");
     }
-    auto tensor = std::make_shared<Value>();
-    tensor->kind = Value::Kind::kTensor;
+    ValuePtr tensor = Make(Value::Kind::kTensor);
     tensor->tensor = args[0]->tensor;
     tensor->tensor.offset = args[1]->integer;
     absl::StatusOr<std::vector<int64_t>> shape = IntTuple(*args[2]);
@@ -206,7 +207,7 @@ absl::Status Unpickler::Step(uint8_t opcode, bool* stop) {
   using Kind = Value::Kind;
   auto push_int = [&](int64_t value) {
     ValuePtr item = Make(Kind::kInt);
-    const_cast<Value&>(*item).integer = value;
+    (*item).integer = value;
     return Push(item);
   };
   auto push_text = [&](int length_bytes, Kind kind) -> absl::Status {
@@ -215,13 +216,12 @@ absl::Status Unpickler::Step(uint8_t opcode, bool* stop) {
     std::string_view raw;
     if (*length > data_.size() || !Take(static_cast<size_t>(*length), &raw)) return Error("truncated string");
     ValuePtr item = Make(kind);
-    const_cast<Value&>(*item).text = std::string(raw);
+    (*item).text = std::string(raw);
     return Push(item);
   };
   auto tuple_of = [&](size_t count) -> absl::Status {
     if (stack_.size() < count + (marks_.empty() ? 0 : marks_.back())) return Error("tuple of missing items");
-    auto tuple = std::make_shared<Value>();
-    tuple->kind = Kind::kTuple;
+    ValuePtr tuple = Make(Kind::kTuple);
     tuple->items.assign(stack_.end() - static_cast<int64_t>(count), stack_.end());
     stack_.resize(stack_.size() - count);
     return Push(tuple);
@@ -235,7 +235,7 @@ absl::Status Unpickler::Step(uint8_t opcode, bool* stop) {
     case 'N': return Push(Make(Kind::kNone));
     case 0x88: case 0x89: {
       ValuePtr item = Make(Kind::kBool);
-      const_cast<Value&>(*item).integer = opcode == 0x88;
+      (*item).integer = opcode == 0x88;
       return Push(item);
     }
     case 'K': { auto v = ReadUnsigned(1); return v.ok() ? push_int(static_cast<int64_t>(*v)) : v.status(); }
@@ -267,8 +267,7 @@ absl::Status Unpickler::Step(uint8_t opcode, bool* stop) {
     case 't': {
       absl::StatusOr<std::vector<ValuePtr>> items = PopToMark();
       if (!items.ok()) return items.status();
-      auto tuple = std::make_shared<Value>();
-      tuple->kind = Kind::kTuple;
+      ValuePtr tuple = Make(Kind::kTuple);
       tuple->items = *std::move(items);
       return Push(tuple);
     }
@@ -281,7 +280,7 @@ absl::Status Unpickler::Step(uint8_t opcode, bool* stop) {
       absl::StatusOr<std::vector<ValuePtr>> items = PopToMark();
       if (!items.ok()) return items.status();
       if (opcode == 'd' && items->size() % 2 != 0) return Error("DICT with an odd number of items");
-      auto built = std::make_shared<Value>();
+      auto built = Make(Value::Kind::kNone);
       built->kind = opcode == 'l' ? Kind::kList : Kind::kDict;
       built->items = *std::move(items);
       return Push(built);
@@ -303,7 +302,7 @@ absl::Status Unpickler::Step(uint8_t opcode, bool* stop) {
       if (stack_.empty() || stack_.back()->kind != wanted) return Error("APPEND or SETITEM on the wrong kind of object");
       if (wanted == Kind::kDict && items.size() % 2 != 0) return Error("SETITEMS with an odd number of items");
       // Containers are mutated in place: the memo may hold the same object.
-      auto& container = const_cast<Value&>(*stack_.back());
+      auto& container = (*stack_.back());
       container.items.insert(container.items.end(), items.begin(), items.end());
       return absl::OkStatus();
     }
