@@ -169,7 +169,7 @@ class ConvertTest(unittest.TestCase):
             (b"\x80\x02ccollections\nOrderedDict\nK\x01\x85R.", "OrderedDict called with arguments"),
             (b"\x80\x02\x81.", "opcode 0x81 is not allowed"),
             # A dict that holds itself (once leaked the values of reference-counted readers).
-            (b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01h\x01X\x01\x00\x00\x00ah\x01s.",
+            (b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00ah\x01s.",
              "entry 'a' is not a tensor"),
         ]
         for payload, expected in cases:
