@@ -131,6 +131,12 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
 }
 
+// Startup stops at the first error, said on stderr.
+int StartupFailure(const absl::Status& status) {
+  std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
 // gRPC's log, watched for the one line that says its listener died: gRPC 1.51 logs
 // "Failed accept4" once when accept fails (EMFILE) and never accepts again.
 void OnGrpcLog(gpr_log_func_args* args) {
@@ -163,8 +169,7 @@ int main(int argc, char** argv) {
     // Before the model loads, so a busy port fails fast.
     if (absl::Status status = metrics->StartHttp(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
         !status.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-      return 1;
+      return StartupFailure(status);
     }
   }
   std::unique_ptr<mf::Engine> engine = StartEngine(export_metrics ? metrics.get() : nullptr);
@@ -178,19 +183,13 @@ int main(int argc, char** argv) {
   std::unique_ptr<mf::server::RequestLog> request_log;
   if (!absl::GetFlag(FLAGS_request_log).empty()) {
     auto opened = mf::server::RequestLog::Open(absl::GetFlag(FLAGS_request_log));
-    if (!opened.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(opened.status().message()).c_str());
-      return 1;
-    }
+    if (!opened.ok()) return StartupFailure(opened.status());
     request_log = *std::move(opened);
   }
   std::unique_ptr<mf::server::ApiKeys> api_keys;
   if (!absl::GetFlag(FLAGS_api_key_file).empty()) {
     auto loaded = mf::server::ApiKeys::Load(absl::GetFlag(FLAGS_api_key_file));
-    if (!loaded.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(loaded.status().message()).c_str());
-      return 1;
-    }
+    if (!loaded.ok()) return StartupFailure(loaded.status());
     api_keys = std::make_unique<mf::server::ApiKeys>(*std::move(loaded));
   }
   mf::server::ModuleFormerService service(*engine, model_name, source.device,
@@ -211,10 +210,7 @@ int main(int argc, char** argv) {
     builder.AddListeningPort(address, Credentials(), &selected_port);
   } else {
     auto bound = mf::server::Listener::Bind(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_port));
-    if (!bound.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(bound.status().message()).c_str());
-      return 1;
-    }
+    if (!bound.ok()) return StartupFailure(bound.status());
     listener = *std::move(bound);
     selected_port = listener->port();
   }
@@ -242,8 +238,7 @@ int main(int argc, char** argv) {
     http_api = std::make_unique<mf::server::OpenAiHttpServer>(*engine, options);
     if (absl::Status status = http_api->Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port));
         !status.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-      return 1;
+      return StartupFailure(status);
     }
     if (!absl::GetFlag(FLAGS_http_port_file).empty()) {
       std::ofstream(absl::GetFlag(FLAGS_http_port_file)) << http_api->port() << "\n";
