@@ -14,7 +14,7 @@ BUILD_PACKAGES=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev libcpp-httplib-dev libssl-dev
 )
 TEST_PACKAGES=(
-  python3 python3-grpcio python3-grpc-tools
+  python3 python3-grpcio python3-grpc-tools python3-jinja2
   python3-torch python3-numpy python3-regex bible-kjv fortunes
   prometheus nginx-light yamllint python3-yaml
   clang libclang-rt-14-dev openssl

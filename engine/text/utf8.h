@@ -23,6 +23,9 @@ struct DecodedChar {
 };
 DecodedChar DecodeAt(std::string_view text, size_t pos);
 
+// Appends the UTF-8 encoding of `code_point` (at most U+10FFFF).
+void AppendUtf8(uint32_t code_point, std::string* out);
+
 class Utf8Sanitizer {
  public:
   // Appends to `out` every character completed by `bytes`; holds back an incomplete tail.

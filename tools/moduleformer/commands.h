@@ -27,5 +27,6 @@ int RunExpertStats();
 int RunGenerate();
 int RunTokenize();
 int RunConvert();
+int RunChatTemplate();
 
 }  // namespace mf::cli

@@ -36,6 +36,7 @@ constexpr char kUsage[] =
     "  tokenize --tokenizer DIR [--decode]   text on stdin -> JSON ids (or JSON ids -> text)\n"
     "  expert-stats --server HOST:PORT [--tag T] [--reset] [--json]   expert selection counts of a server\n"
     "  convert --model SRC --out DST [--shard-size-mb 5000]   a PyTorch checkpoint directory to safetensors\n"
+    "  chat-template [--model DIR] [--chat-template FILE] < messages.json   the prompt a chat request renders to\n"
     "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
 
 }  // namespace
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   if (command == "tokenize") return mf::cli::RunTokenize();
   if (command == "expert-stats") return mf::cli::RunExpertStats();
   if (command == "convert") return mf::cli::RunConvert();
+  if (command == "chat-template") return mf::cli::RunChatTemplate();
   std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(), kUsage);
   return 2;
 }
