@@ -1,9 +1,11 @@
 // An HTTP listener on its own thread: a cpp-httplib server bound to a host and port
-// (0: a free one), served until Stop(). The metrics endpoint and the OpenAI API each own one.
+// (0: a free one), served until Stop(); HTTPS when given a certificate. The metrics
+// endpoint and the OpenAI API each own one.
 #pragma once
 
 #include <httplib.h>
 
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -12,30 +14,50 @@
 
 namespace mf::server {
 
+struct HttpTls {
+  std::string cert, key;  // PEM files
+  std::string client_ca;  // when set, clients must present a certificate it signed
+};
+
 class HttpEndpoint {
  public:
+  explicit HttpEndpoint(const HttpTls* tls = nullptr) {
+    if (tls == nullptr) {
+      http_ = std::make_unique<httplib::Server>();
+      return;
+    }
+    tls_ = true;
+    http_ = std::make_unique<httplib::SSLServer>(tls->cert.c_str(), tls->key.c_str(),
+                                                 tls->client_ca.empty() ? nullptr : tls->client_ca.c_str());
+  }
   ~HttpEndpoint() { Stop(); }
 
-  httplib::Server& http() { return http_; }
+  httplib::Server& http() { return *http_; }
   int port() const { return port_; }
 
   // `what` names the endpoint in errors ("--http-port", "metrics").
   absl::Status Start(const std::string& host, int port, const std::string& what) {
-    const bool bound = port == 0 ? (port_ = http_.bind_to_any_port(host)) > 0 : http_.bind_to_port(host, port);
+    if (!http_->is_valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": cannot load the TLS certificate, key or client CA (--tls-cert, --tls-key, --tls-client-ca)"));
+    }
+    const bool bound = port == 0 ? (port_ = http_->bind_to_any_port(host)) > 0 : http_->bind_to_port(host, port);
     if (!bound) return absl::UnavailableError(absl::StrCat(what, ": cannot listen on ", host, ":", port));
     if (port != 0) port_ = port;
-    listener_ = std::thread([this] { http_.listen_after_bind(); });
+    listener_ = std::thread([this] { http_->listen_after_bind(); });
     return absl::OkStatus();
   }
 
   // Closes the listener and waits for the connections being served.
   void Stop() {
-    http_.stop();
+    http_->stop();
     if (listener_.joinable()) listener_.join();
   }
+  bool tls() const { return tls_; }
 
  private:
-  httplib::Server http_;
+  std::unique_ptr<httplib::Server> http_;
+  bool tls_ = false;
   std::thread listener_;
   int port_ = 0;
 };

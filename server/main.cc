@@ -55,6 +55,9 @@ ABSL_FLAG(int32_t, drain_delay_seconds, 0,
 ABSL_FLAG(int32_t, drain_grace_seconds, 30, "On SIGTERM, after the delay, time for in-flight requests to finish");
 ABSL_FLAG(int32_t, max_message_mb, 16, "Largest request message accepted");
 ABSL_FLAG(int32_t, max_concurrent_streams, 1024, "HTTP/2 streams per client connection");
+ABSL_FLAG(std::string, chat_template, "",
+          "Jinja chat template file for /v1/chat/completions; default: the tokenizer's (chat_template.jinja or "
+          "tokenizer_config.json), else a plain 'Role: content' template");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls-key, serve TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -129,6 +132,18 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   }
   config.observer = observer;
   return std::make_unique<mf::Engine>(*std::move(model), *std::move(tokenizer), config);
+}
+
+// The chat template of the model's tokenizer directory, --chat-template, or the plain one;
+// null when the model has no tokenizer.
+absl::StatusOr<std::unique_ptr<mf::ChatTemplate>> LoadChatTemplate(const mf::ModelSource& source,
+                                                                   const mf::Engine& engine) {
+  if (engine.tokenizer() == nullptr) return std::unique_ptr<mf::ChatTemplate>();
+  const std::string dir = absl::GetFlag(FLAGS_tokenizer).empty() ? source.model_dir : absl::GetFlag(FLAGS_tokenizer);
+  const std::string file = absl::GetFlag(FLAGS_chat_template);
+  auto loaded = file.empty() ? mf::ChatTemplate::Load(dir) : mf::ChatTemplate::FromFile(file, dir);
+  if (!loaded.ok()) return loaded.status();
+  return std::make_unique<mf::ChatTemplate>(*std::move(loaded));
 }
 
 // Startup stops at the first error, said on stderr.
@@ -229,8 +244,17 @@ int main(int argc, char** argv) {
   }
   if (listener != nullptr) listener->Start(server.get());
   std::unique_ptr<mf::server::OpenAiHttpServer> http_api;
+  std::unique_ptr<mf::ChatTemplate> chat_template;
+  const mf::server::HttpTls http_tls{absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                     absl::GetFlag(FLAGS_tls_client_ca)};
   if (absl::GetFlag(FLAGS_http_port) >= 0) {
+    auto loaded_template = LoadChatTemplate(source, *engine);
+    if (!loaded_template.ok()) return StartupFailure(loaded_template.status());
+    chat_template = *std::move(loaded_template);
     mf::server::OpenAiHttpOptions options;
+    options.chat_template = chat_template.get();
+    options.request_log = request_log.get();
+    options.tls = tls ? &http_tls : nullptr;
     options.served_model_name = absl::GetFlag(FLAGS_served_model_name);
     if (options.served_model_name.empty()) options.served_model_name = std::filesystem::path(model_name).stem().string();
     options.api_keys = api_keys.get();
@@ -248,9 +272,11 @@ int main(int argc, char** argv) {
     std::ofstream(absl::GetFlag(FLAGS_port_file)) << selected_port << "\n";
   }
   std::fprintf(stderr,
-               "moduleformer-server: serving %s on %s:%d, metrics on port %d (backend %s, tokenizer %s, "
-               "%lld open files%s)\n",
+               "moduleformer-server: serving %s on %s:%d, metrics on port %d, OpenAI API on port %d%s (backend %s, "
+               "tokenizer %s, %lld open files%s)\n",
                model_name.c_str(), absl::GetFlag(FLAGS_host).c_str(), selected_port, metrics->port(),
+               http_api != nullptr ? http_api->port() : -1,
+               chat_template != nullptr ? absl::StrCat(", chat template: ", chat_template->origin()).c_str() : "",
                source.device.c_str(), engine->tokenizer() != nullptr ? "yes" : "none",
                static_cast<long long>(open_files),
                api_keys != nullptr ? absl::StrCat(", ", api_keys->size(), " API keys").c_str() : "");

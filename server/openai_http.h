@@ -1,8 +1,9 @@
 // The OpenAI-compatible HTTP API (--http-port), in the server's process and on its
-// engine: POST /v1/completions (whole or streamed as server-sent events), GET /v1/models,
-// GET /health (503 while draining). A request is translated into the gRPC API's
-// GenerateRequest and validated by the same code, so limits and errors match gRPC; errors
-// follow OpenAI's schema, naming the request field.
+// engine: POST /v1/completions and /v1/chat/completions (whole, or streamed as server-sent
+// events), GET /v1/models, GET /health (503 while draining). Requests are validated by
+// the gRPC API's code (server/openai_protocol.h), so limits and errors match gRPC; the
+// same API keys, metrics (rpc="http.completions" / "http.chat.completions"), request log
+// and TLS flags apply. A client that goes away cancels its request.
 #pragma once
 
 #include <httplib.h>
@@ -12,17 +13,23 @@
 
 #include "absl/status/status.h"
 #include "engine/engine.h"
+#include "engine/text/chat_template.h"
 #include "server/auth.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
+#include "server/openai_protocol.h"
+#include "server/request_log.h"
 
 namespace mf::server {
 
 struct OpenAiHttpOptions {
-  std::string served_model_name;     // what `model` in a request may name
-  const ApiKeys* api_keys = nullptr;  // null: no authentication
-  ServerMetrics* metrics = nullptr;   // may be null
-  int threads = 64;                  // connections served at once (a streamed call holds one)
+  std::string served_model_name;            // what `model` in a request may name
+  const ApiKeys* api_keys = nullptr;         // null: no authentication
+  ServerMetrics* metrics = nullptr;          // may be null
+  RequestLog* request_log = nullptr;         // may be null
+  const ChatTemplate* chat_template = nullptr;  // null: no chat completions
+  const HttpTls* tls = nullptr;              // null: plain HTTP
+  int threads = 64;                          // connections served at once (a streamed call holds one)
 };
 
 class OpenAiHttpServer {
@@ -35,12 +42,13 @@ class OpenAiHttpServer {
   void Stop() { endpoint_.Stop(); }
 
  private:
-  void Completions(const httplib::Request& request, httplib::Response& response);
+  void Generate(OpenAiApi api, const httplib::Request& request, httplib::Response& response);
   void Models(httplib::Response& response) const;
   bool Authorized(const httplib::Request& request, httplib::Response& response) const;
 
   Engine& engine_;
   OpenAiHttpOptions options_;
+  OpenAiContext context_;
   HttpEndpoint endpoint_;  // last: stopped first, while the members its handlers use live
 };
 

@@ -1,6 +1,8 @@
 """The OpenAI-compatible HTTP API (`--http-port`) against the real server on the demo
-model, with a plain HTTP client: completions whole and streamed equal to gRPC Generate,
-errors in OpenAI's schema, models, health, and a disconnect freeing the request."""
+model, with a plain HTTP client: completions and chat whole and streamed equal to gRPC
+Generate, logprobs equal to gRPC's, echo, n, errors in OpenAI's schema, models, health,
+the request log, and disconnects (streamed or not) freeing the request.
+(tests/openai_client/ drives the same API with the official `openai` client.)"""
 import http.client
 import json
 import os
@@ -18,11 +20,18 @@ PROMPT = "The best thing about computers is"
 class OpenAiHttpTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = harness.Server(None)  # the built-in demo model
+        cls.log_dir = tempfile.TemporaryDirectory()
+        cls.request_log = os.path.join(cls.log_dir.name, "requests.jsonl")
+        cls.server = harness.Server(None, "--request-log", cls.request_log)  # the built-in demo model
 
     @classmethod
     def tearDownClass(cls):
         cls.server.close()
+        cls.log_dir.cleanup()
+
+    def log_lines(self, rpc):
+        with open(self.request_log) as f:
+            return [line for line in map(json.loads, f) if line["rpc"] == rpc]
 
     def post(self, path, body, headers=None):
         connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=60)
@@ -88,7 +97,11 @@ class OpenAiHttpTest(unittest.TestCase):
                  ({"prompt": PROMPT, "max_tokens": "ten"}, 400, "max_tokens"),
                  ({"prompt": PROMPT, "temperature": -1}, 400, "temperature"),
                  ({"prompt": PROMPT, "top_p": 2}, 400, "top_p"),
-                 ({"prompt": PROMPT, "n": 2}, 400, "n"),
+                 ({"prompt": PROMPT, "n": 17}, 400, "n"),
+                 ({"prompt": PROMPT, "logprobs": 21}, 400, "logprobs"),
+                 ({"prompt": PROMPT, "echo": True, "logprobs": 1}, 400, "echo"),
+                 ({"prompt": PROMPT, "suffix": "x"}, 400, "suffix"),
+                 ({"prompt": PROMPT, "logit_bias": {"50256": -100}}, 400, "logit_bias"),
                  ({"prompt": PROMPT, "stop": 5}, 400, "stop"),
                  ({"max_tokens": 4}, 400, "prompt"),
                  ({"prompt": PROMPT, "max_tokens": 100000}, 400, "max_tokens"),
@@ -103,6 +116,88 @@ class OpenAiHttpTest(unittest.TestCase):
                 self.assertEqual(error["type"], "invalid_request_error")
         status, reply = self.post("/v1/completions", {"prompt": PROMPT, "model": "demo", "max_tokens": 2})
         self.assertEqual(status, 200, reply)
+
+    def test_chat_errors_name_the_field(self):
+        user = [{"role": "user", "content": "Hi"}]
+        cases = [({}, "messages"), ({"messages": []}, "messages"), ({"messages": [{"content": "no role"}]}, "messages[0]"),
+                 ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+                  "messages[0].content[0]"),
+                 ({"messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+                 ({"messages": user, "response_format": {"type": "json_object"}}, "response_format"),
+                 ({"messages": user, "top_logprobs": 2}, "top_logprobs"),
+                 ({"messages": user, "max_completion_tokens": 0}, "max_completion_tokens"),
+                 ({"messages": user, "stream_options": {"include_usage": True}}, "stream_options")]
+        for body, param in cases:
+            with self.subTest(body=body):
+                status, reply = self.post("/v1/chat/completions", body)
+                self.assertEqual(status, 400, reply)
+                self.assertEqual(json.loads(reply)["error"]["param"], param)
+
+    def test_chat_renders_the_plain_template_and_equals_grpc_generate(self):
+        messages = [{"role": "system", "content": "You answer briefly."},
+                    {"role": "user", "content": [{"type": "text", "text": "Name a"}, {"type": "text", "text": "colour."}]}]
+        status, reply = self.post("/v1/chat/completions", {"messages": messages, "max_tokens": 12, "temperature": 0})
+        self.assertEqual(status, 200, reply)
+        reply = json.loads(reply)
+        self.assertEqual(reply["object"], "chat.completion")
+        rendered = "System: You answer briefly.\n\nUser: Name a\ncolour.\n\nAssistant:"
+        expected = self.server.stub.Generate(pb.GenerateRequest(text=rendered, max_new_tokens=12, temperature=0.0),
+                                             timeout=60)
+        self.assertEqual(reply["choices"][0]["message"], {"role": "assistant", "content": expected.text})
+        self.assertEqual(reply["usage"]["prompt_tokens"], expected.usage.prompt_tokens)
+
+    def test_logprobs_equal_grpc_and_follow_each_api_format(self):
+        expected = self.server.stub.Generate(pb.GenerateRequest(text=PROMPT, max_new_tokens=6, temperature=0.0,
+                                                                logprobs=3), timeout=60)
+        status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 3})
+        self.assertEqual(status, 200, reply)
+        logprobs = json.loads(reply)["choices"][0]["logprobs"]
+        self.assertEqual(len(logprobs["tokens"]), 6)
+        for got, want in zip(logprobs["token_logprobs"], expected.logprobs):
+            self.assertAlmostEqual(got, want.logprob, places=5)
+        self.assertTrue(all(len(top) <= 3 for top in logprobs["top_logprobs"]))
+        self.assertEqual("".join(logprobs["tokens"]), json.loads(reply)["choices"][0]["text"])
+        offsets = [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(6)]
+        self.assertEqual(logprobs["text_offset"], offsets)
+        status, reply = self.post("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}],
+                                                           "max_tokens": 4, "logprobs": True, "top_logprobs": 2})
+        content = json.loads(reply)["choices"][0]["logprobs"]["content"]
+        self.assertEqual(len(content), 4)
+        for entry in content:
+            self.assertEqual(len(entry["top_logprobs"]), 2)
+            self.assertEqual(bytes(entry["bytes"]).decode("utf-8", "replace"), entry["token"])
+            self.assertGreaterEqual(entry["top_logprobs"][0]["logprob"], entry["top_logprobs"][1]["logprob"])
+
+    def test_echo_and_several_choices(self):
+        status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "echo": True, "temperature": 0})
+        self.assertEqual(json.loads(reply)["choices"][0]["text"], PROMPT + self.grpc_text(5, temperature=0.0))
+        status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "n": 3, "seed": 7,
+                                                      "temperature": 1.0})
+        reply = json.loads(reply)
+        self.assertEqual([c["index"] for c in reply["choices"]], [0, 1, 2])
+        for i, choice in enumerate(reply["choices"]):  # choice i is seeded with seed + i
+            self.assertEqual(choice["text"], self.grpc_text(8, temperature=1.0, seed=7 + i))
+        self.assertEqual(reply["usage"]["completion_tokens"], 24)
+
+    def test_a_client_leaving_a_whole_response_cancels_it(self):
+        idle = self.server.wait_idle().kv_blocks_used
+        before = len(self.log_lines("http.completions"))
+        with socket.create_connection(("127.0.0.1", self.server.http_port)) as client:
+            body = json.dumps({"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True}).encode()
+            client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            deadline = time.time() + 10
+            while self.server.load().running_requests != 1 and time.time() < deadline:
+                time.sleep(0.01)
+            self.assertEqual(self.server.load().running_requests, 1)
+        load = self.server.wait_idle()
+        self.assertEqual(load.kv_blocks_used, idle)
+        deadline = time.time() + 5
+        while len(self.log_lines("http.completions")) == before and time.time() < deadline:
+            time.sleep(0.05)
+        line = self.log_lines("http.completions")[-1]
+        self.assertEqual(line["code"], "CANCELLED")
+        self.assertLess(line["completion_tokens"], 3000)
 
     def test_models_and_health(self):
         status, body = self.get("/v1/models")
