@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build, the server and the test suite use: Debian packages, and the
-# npm packages of the offline Kubernetes manifest validator (deploy/validate).
+# npm packages of the offline Kubernetes manifest validator (deploy/validate) and of the
+# OpenAI client tests (tests/openai_client).
 #   scripts/setup.sh               everything (build, tests, deployment checks)
 #   scripts/setup.sh --build-only  only what building the server needs (container images)
 # Idempotent: when everything is present it touches nothing.
@@ -48,12 +49,15 @@ else
 fi
 
 if [ "${1:-}" != "--build-only" ]; then
-  validator=deploy/validate
-  if [ ! -f "$validator/node_modules/.package-lock.json" ] ||
-     ! cmp -s <(sed -n '/"packages"/,$p' "$validator/package-lock.json" | grep -c resolved) \
-               <(grep -c resolved "$validator/node_modules/.package-lock.json"); then
-    echo "setup: installing $validator npm packages"
-    npm ci --prefix "$validator" --no-audit --no-fund --loglevel=error
-  fi
+  # npm packages, pinned by their lock files: the manifest validator, and the official
+  # OpenAI client the HTTP API tests drive.
+  for package in deploy/validate tests/openai_client; do
+    if [ ! -f "$package/node_modules/.package-lock.json" ] ||
+       ! cmp -s <(sed -n '/"packages"/,$p' "$package/package-lock.json" | grep -c '"version"') \
+                 <(grep -c '"version"' "$package/node_modules/.package-lock.json"); then
+      echo "setup: installing $package npm packages"
+      npm ci --prefix "$package" --no-audit --no-fund --loglevel=error
+    fi
+  done
 fi
 echo "setup: done"
