@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Validates Kubernetes manifests (a multi-document YAML stream on stdin or in the files
 // named) offline against the API schemas: Kubernetes core and apps, the Prometheus
-// Operator's ServiceMonitor and PrometheusRule, the Gateway API's GRPCRoute.
+// Operator's ServiceMonitor and PrometheusRule, the Gateway API's GRPCRoute and HTTPRoute.
 // Exit status 1 names every invalid document and field; unknown kinds are errors too.
 import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";

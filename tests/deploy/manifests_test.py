@@ -68,7 +68,7 @@ class ManifestsTest(unittest.TestCase):
             documents = [d for d in yaml.safe_load_all(text) if d]
             kinds = {d["kind"] for d in documents}
             for kind in ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor",
-                         "PrometheusRule", "GRPCRoute", "ConfigMap", "Namespace"):
+                         "PrometheusRule", "GRPCRoute", "HTTPRoute", "ConfigMap", "Namespace"):
                 self.assertIn(kind, kinds, overlay)
             self.assertIn(f"{len(documents)} documents, 0 invalid", validation.stdout)
             self.check_deployment(overlay, by_kind(documents, "Deployment")[0])

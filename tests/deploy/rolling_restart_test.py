@@ -1,8 +1,10 @@
 """Two replicas behind nginx (deploy/nginx, Debian's nginx) on loopback: streaming load is
-spread over both. A rolling restart as the Deployment does it: a new replica starts
+spread over both, for gRPC and for the OpenAI HTTP API (server-sent events unbuffered). A rolling restart as the Deployment does it: a new replica starts
 (surge), an old one gets SIGTERM mid-load, reports NOT_SERVING and keeps serving for its
 drain delay, nginx is reloaded without it (the load balancer reacting to readiness), then
 the old replica closes its listener and drains. No request fails."""
+import http.client
+import json
 import os
 import re
 import shutil
@@ -30,11 +32,13 @@ PROMPTS = ["And it came to pass", "The best thing about computers is", "A wise m
 
 
 class Nginx:
-    def __init__(self, upstream_ports):
+    """nginx in front of `servers` (harness.Server): gRPC on `port`, the OpenAI API on `http_port`."""
+    def __init__(self, servers):
         self.workdir = tempfile.mkdtemp(prefix="mf-nginx-")
         self.port = harness.free_port()
+        self.http_port = harness.free_port()
         self.access_log = os.path.join(self.workdir, "access.log")
-        self.render(upstream_ports)
+        self.render(servers)
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read this private temp dir
         with open(os.path.join(harness.ROOT, "deploy", "nginx", "nginx.conf")) as handle:
             main_conf = handle.read().replace("pid /tmp/nginx-moduleformer.pid;", f"pid {self.workdir}/nginx.pid;")
@@ -47,12 +51,16 @@ class Nginx:
         while not self.answers() and time.time() < deadline:
             time.sleep(0.05)
 
-    def render(self, upstream_ports):
+    def render(self, servers):
         with open(os.path.join(harness.ROOT, "deploy", "nginx", "moduleformer.conf.template")) as handle:
             template = string.Template(handle.read())
-        upstreams = "\n    ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in upstream_ports)
+
+        def upstreams(ports):
+            return "\n    ".join(f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in ports)
         rendered = template.safe_substitute(NGINX_LISTEN=f"127.0.0.1:{self.port}", NGINX_ACCESS_LOG=self.access_log,
-                                            MODULEFORMER_UPSTREAMS=upstreams)
+                                            NGINX_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+                                            MODULEFORMER_UPSTREAMS=upstreams(s.port for s in servers),
+                                            MODULEFORMER_HTTP_UPSTREAMS=upstreams(s.http_port for s in servers))
         with open(os.path.join(self.workdir, "moduleformer.conf"), "w") as handle:
             handle.write(rendered)
 
@@ -63,8 +71,8 @@ class Nginx:
             except grpc.RpcError:
                 return False
 
-    def reload(self, upstream_ports):
-        self.render(upstream_ports)
+    def reload(self, servers):
+        self.render(servers)
         self.process.send_signal(signal.SIGHUP)  # old workers finish their calls, new ones use the new list
 
     def upstream_counts(self):
@@ -94,7 +102,7 @@ class RollingRestartTest(unittest.TestCase):
         replica_flags = ("--drain-delay-seconds", "2", "--drain-grace-seconds", "30", "--max-batch-tokens", "512")
         first, second = harness.Server(None, *replica_flags), harness.Server(None, *replica_flags)
         replacement = None
-        nginx = Nginx([first.port, second.port])
+        nginx = Nginx([first, second])
         channel = grpc.insecure_channel(f"127.0.0.1:{nginx.port}")
         stub = pb_grpc.ModuleFormerStub(channel)
         failures, completed, lock = [], [], threading.Lock()
@@ -127,7 +135,7 @@ class RollingRestartTest(unittest.TestCase):
                 self.assertLess(time.time(), deadline, "the terminated replica never reported NOT_SERVING")
                 time.sleep(0.02)
             first.channel.close()  # an idle connection would hold the replica's shutdown for seconds
-            nginx.reload([second.port, replacement.port])
+            nginx.reload([second, replacement])
             self.assertEqual(first.process.wait(timeout=60), 0, "the terminated replica did not drain cleanly")
             for thread in threads:
                 thread.join(timeout=300)
@@ -144,6 +152,36 @@ class RollingRestartTest(unittest.TestCase):
             for server in (first, second, replacement):
                 if server is not None:
                     server.close()
+
+    def test_openai_http_api_through_nginx(self):
+        servers = [harness.Server(None), harness.Server(None)]
+        nginx = Nginx(servers)
+        try:
+            def post(body):
+                connection = http.client.HTTPConnection("127.0.0.1", nginx.http_port, timeout=60)
+                connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+                return connection, connection.getresponse()
+
+            texts = set()
+            for index in range(8):
+                connection, reply = post({"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0})
+                self.assertEqual(reply.status, 200)
+                texts.add(json.loads(reply.read())["choices"][0]["text"])
+                connection.close()
+            self.assertEqual(len(texts), 1)  # every replica serves the same model
+            # A stream's first events reach the client while the replica is still generating.
+            connection, reply = post({"prompt": PROMPTS[1], "max_tokens": 400, "ignore_eos": True, "stream": True})
+            self.assertEqual(reply.getheader("Content-Type"), "text/event-stream")
+            self.assertTrue(reply.readline().startswith(b"data: "))
+            running = sum(server.load().running_requests for server in servers)
+            self.assertEqual(running, 1, "nginx buffered the event stream")
+            rest = reply.read().decode()
+            self.assertTrue(rest.rstrip().endswith("data: [DONE]"), rest[-200:])
+            connection.close()
+        finally:
+            nginx.close()
+            for server in servers:
+                server.close()
 
 
 if __name__ == "__main__":
