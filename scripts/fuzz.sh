@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of the parsers that read untrusted input (tokenizer text,
-# tokenizer.json, PyTorch checkpoint pickles) with clang (ASan + UBSan) and runs each for
+# tokenizer.json, PyTorch checkpoint pickles, chat templates) with clang (ASan + UBSan) and runs each for
 # FUZZ_SECONDS (default 20). Exits non-zero on any crash or broken invariant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +18,14 @@ command -v clang++ > /dev/null || { echo "clang++ not found: run scripts/setup.s
 for target in tokenizer_encode_fuzz tokenizer_loader_fuzz; do
   clang++ "${FLAGS[@]}" "tests/fuzz/$target.cc" "${SOURCES[@]}" $LIBS -o "$OUT_DIR/$target"
 done
+clang++ "${FLAGS[@]}" tests/fuzz/jinja_fuzz.cc engine/text/utf8.cc engine/text/jinja_value.cc engine/text/jinja_lexer.cc \
+  engine/text/jinja_parser.cc engine/text/jinja_builtins.cc engine/text/jinja_render.cc $LIBS -o "$OUT_DIR/jinja_fuzz"
 clang++ "${FLAGS[@]}" tests/fuzz/torch_pickle_fuzz.cc engine/checkpoint/torch_pickle.cc engine/checkpoint/dtype.cc \
   $LIBS -o "$OUT_DIR/torch_pickle_fuzz"
 
 # Seeds: the tokenizer fixture's texts, and a small valid tokenizer.json.
-mkdir -p "$OUT_DIR/encode_corpus" "$OUT_DIR/loader_corpus" "$OUT_DIR/pickle_corpus"
+mkdir -p "$OUT_DIR/encode_corpus" "$OUT_DIR/loader_corpus" "$OUT_DIR/pickle_corpus" "$OUT_DIR/jinja_corpus"
+cp tests/tools/data/chat_templates/*.jinja "$OUT_DIR/jinja_corpus/"
 # Pickles PyTorch wrote: a state dict with bf16, int8 and f32 tensors, views and a tie.
 /usr/bin/python3 - "$OUT_DIR/pickle_corpus" <<'PY'
 import collections, io, sys, zipfile
@@ -62,4 +65,6 @@ export ASAN_OPTIONS=detect_leaks=1
   -print_final_stats=1 "$OUT_DIR/loader_corpus" 2>&1 | tail -n 4
 "$OUT_DIR/torch_pickle_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=8192 -rss_limit_mb=2048 \
   -print_final_stats=1 "$OUT_DIR/pickle_corpus" 2>&1 | tail -n 4
+"$OUT_DIR/jinja_fuzz" -max_total_time="$SECONDS_PER_TARGET" -max_len=4096 -rss_limit_mb=2048 -timeout=10 \
+  -print_final_stats=1 "$OUT_DIR/jinja_corpus" 2>&1 | tail -n 4
 echo "fuzzing finished without findings"

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstdint>
 #include <ctime>
 #include <cwctype>
 #include <locale.h>
@@ -18,7 +20,7 @@ constexpr int64_t kMaxRangeLength = 100000;
 
 [[noreturn]] void Fail(const std::string& message) { throw TemplateError{message}; }
 
-const std::string& RequireString(const Value& value, const std::string& what) {
+std::string RequireString(const Value& value, const std::string& what) {
   if (!value.is_string()) Fail(absl::StrCat(what, " needs a string, got ", value.TypeName()));
   return value.as_string();
 }
@@ -144,7 +146,7 @@ List Split(const std::string& text, const Value& separator, int64_t max_split) {
 
 bool AffixMatches(const std::string& text, const Value& affixes, bool at_start) {
   auto matches = [&](const Value& affix) {
-    const std::string& a = RequireString(affix, at_start ? "startswith()" : "endswith()");
+    const std::string a = RequireString(affix, at_start ? "startswith()" : "endswith()");
     return a.size() <= text.size() && (at_start ? text.compare(0, a.size(), a) == 0
                                                 : text.compare(text.size() - a.size(), a.size(), a) == 0);
   };
@@ -221,14 +223,14 @@ const std::map<std::string, TestFunction>& Tests() {
       {"odd", [](const Value& v, const Arguments&) { return v.is_int() && v.as_int() % 2 != 0; }},
       {"even", [](const Value& v, const Arguments&) { return v.is_int() && v.as_int() % 2 == 0; }},
       {"divisibleby", [](const Value& v, const Arguments& a) {
-         const Value& divisor = a.Get(0, "num", Value());
+         const Value divisor = a.Get(0, "num", Value());
          if (!divisor.is_int() || divisor.as_int() == 0) Fail("divisibleby needs a non-zero integer");
          return v.is_int() && v.as_int() % divisor.as_int() == 0;
        }},
       {"lower", [](const Value& v, const Arguments&) { return v.is_string() && Lower(v.as_string()) == v.as_string(); }},
       {"upper", [](const Value& v, const Arguments&) { return v.is_string() && Upper(v.as_string()) == v.as_string(); }},
       {"in", [](const Value& v, const Arguments& a) {
-         const Value& container = a.Get(0, "seq", Value());
+         const Value container = a.Get(0, "seq", Value());
          if (container.is_string()) return v.is_string() && container.as_string().find(v.as_string()) != std::string::npos;
          const List items = ToList(container);
          return std::find(items.begin(), items.end(), v) != items.end();
@@ -253,7 +255,7 @@ bool IsComparisonTest(const std::string& name) {
 
 // selectattr / rejectattr: items whose attribute passes the test (truthiness by default).
 Value SelectAttribute(const Value& value, const Arguments& arguments, bool keep_passing) {
-  const std::string& attribute = RequireString(arguments.Get(0, "attribute", Value()), "selectattr's attribute");
+  const std::string attribute = RequireString(arguments.Get(0, "attribute", Value()), "selectattr's attribute");
   Arguments test_arguments;
   for (size_t i = 2; i < arguments.positional.size(); ++i) test_arguments.positional.push_back(arguments.positional[i]);
   List kept;
@@ -273,7 +275,7 @@ const std::map<std::string, FilterFunction>& Filters() {
       {"length", [](const Value& v, const Arguments&) { return Value(Length(v)); }},
       {"count", [](const Value& v, const Arguments&) { return Value(Length(v)); }},
       {"tojson", [](const Value& v, const Arguments& a) {
-         const Value& indent = a.Get(0, "indent", Value(nullptr));
+         const Value indent = a.Get(0, "indent", Value(nullptr));
          return Value(v.ToJson(indent.is_int() ? static_cast<int>(indent.as_int()) : -1));
        }},
       {"upper", [](const Value& v, const Arguments&) { return Value(Upper(RequireString(v, "upper"))); }},
@@ -283,6 +285,7 @@ const std::map<std::string, FilterFunction>& Filters() {
       {"string", [](const Value& v, const Arguments&) { return Value(v.Str()); }},
       {"safe", [](const Value& v, const Arguments&) { return v; }},
       {"int", [](const Value& v, const Arguments& a) {
+         if (v.is_float() && !(std::abs(v.as_double()) < 9.2e18)) Fail("int: the value does not fit 64 bits");
          if (v.is_number()) return Value(v.is_float() ? static_cast<int64_t>(v.as_double()) : v.as_int());
          try { return Value(static_cast<int64_t>(std::stoll(v.Str()))); } catch (...) { return a.Get(0, "default", Value(0)); }
        }},
@@ -292,6 +295,7 @@ const std::map<std::string, FilterFunction>& Filters() {
        }},
       {"abs", [](const Value& v, const Arguments&) {
          if (v.is_float()) return Value(std::abs(v.as_double()));
+         if (v.is_number() && v.as_int() == INT64_MIN) Fail("integer overflow");
          if (v.is_number()) return Value(v.as_int() < 0 ? -v.as_int() : v.as_int());
          Fail(absl::StrCat("abs needs a number, got ", v.TypeName()));
        }},
@@ -309,7 +313,7 @@ const std::map<std::string, FilterFunction>& Filters() {
        }},
       {"join", [](const Value& v, const Arguments& a) {
          const std::string separator = a.Get(0, "d", Value("")).Str();
-         const Value& attribute = a.Get(1, "attribute", Value(nullptr));
+         const Value attribute = a.Get(1, "attribute", Value(nullptr));
          std::string out;
          bool first = true;
          for (const Value& item : ToList(v)) {
@@ -329,7 +333,7 @@ const std::map<std::string, FilterFunction>& Filters() {
       {"selectattr", [](const Value& v, const Arguments& a) { return SelectAttribute(v, a, true); }},
       {"rejectattr", [](const Value& v, const Arguments& a) { return SelectAttribute(v, a, false); }},
       {"map", [](const Value& v, const Arguments& a) {
-         const Value& attribute = a.Get(SIZE_MAX, "attribute", Value(nullptr));  // keyword only
+         const Value attribute = a.Get(SIZE_MAX, "attribute", Value(nullptr));  // keyword only
          List mapped;
          for (const Value& item : ToList(v)) {
            if (attribute.is_string()) {
@@ -376,9 +380,10 @@ const std::map<std::string, FilterFunction>& Functions() {
          const int64_t step = a.positional.size() > 2 ? a.positional[2].as_int() : 1;
          if (step == 0) Fail("range() step must not be zero");
          List values;
-         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+         for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
            if (static_cast<int64_t>(values.size()) >= kMaxRangeLength) Fail("range() longer than 100000");
            values.emplace_back(i);
+           if (__builtin_add_overflow(i, step, &i)) break;
          }
          return Value(std::move(values));
        }},
@@ -396,7 +401,7 @@ const std::map<std::string, FilterFunction>& Functions() {
 
 }  // namespace
 
-const Value& Arguments::Get(size_t index, const char* name, const Value& fallback) const {
+Value Arguments::Get(size_t index, const char* name, const Value& fallback) const {
   if (index < positional.size()) return positional[index];
   for (const auto& [keyword, value] : keywords) {
     if (keyword == name) return value;
@@ -440,7 +445,7 @@ Value CallFunction(const std::string& name, const Arguments& arguments) {
 Value CallMethod(const Value& object, const std::string& name, const Arguments& a) {
   if (object.is_string()) {
     const std::string& text = object.as_string();
-    const Value& chars = a.Get(0, "chars", Value(nullptr));
+    const Value chars = a.Get(0, "chars", Value(nullptr));
     if (name == "strip") return Value(Strip(text, chars, true, true));
     if (name == "lstrip") return Value(Strip(text, chars, true, false));
     if (name == "rstrip") return Value(Strip(text, chars, false, true));

@@ -16,7 +16,7 @@ struct Arguments {
   std::vector<std::pair<std::string, Value>> keywords;
 
   // The argument at `index`, or the keyword `name`, or `fallback`.
-  const Value& Get(size_t index, const char* name, const Value& fallback) const;
+  Value Get(size_t index, const char* name, const Value& fallback) const;
 };
 
 // Raised by raise_exception(): its message is the template author's, shown as is.

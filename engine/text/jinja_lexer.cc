@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "engine/text/utf8.h"
@@ -186,10 +188,13 @@ class Lexer {
     const std::string text = source_.substr(pos_, end - pos_);
     token.type = is_float ? Token::Type::kFloat : Token::Type::kInteger;
     if (is_float) {
-      token.value = Value(std::stod(text));
+      const double value = std::strtod(text.c_str(), nullptr);  // out of range: inf or 0, as Python's float()
+      token.value = Value(value);
     } else {
-      if (text.size() > 18) Fail(absl::StrCat("integer literal too large: ", text));
-      token.value = Value(static_cast<int64_t>(std::stoll(text)));
+      errno = 0;
+      const long long value = std::strtoll(text.c_str(), nullptr, 10);
+      if (errno == ERANGE) Fail(absl::StrCat("integer literal does not fit 64 bits: ", text));
+      token.value = Value(static_cast<int64_t>(value));
     }
     Advance(end);
   }

@@ -214,7 +214,10 @@ class Renderer {
     const int64_t start = clamp(bound(1), step > 0 ? 0 : size - 1);
     const int64_t stop = clamp(bound(2), step > 0 ? size : -1);
     List sliced;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) sliced.push_back(items[static_cast<size_t>(i)]);
+    for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
+      sliced.push_back(items[static_cast<size_t>(i)]);
+      if (__builtin_add_overflow(i, step, &i)) break;
+    }
     if (object.is_list()) return Value(std::move(sliced));
     std::string text;
     for (const Value& c : sliced) text += c.as_string();
@@ -226,7 +229,9 @@ class Renderer {
     if (expr.name == "not") return Value(!operand.Truthy());
     if (!operand.is_number()) Fail(absl::StrCat("bad operand type for unary ", expr.name, ": ", operand.TypeName()), expr.line);
     if (expr.name == "+") return operand;
-    return operand.is_float() ? Value(-operand.as_double()) : Value(-operand.as_int());
+    if (operand.is_float()) return Value(-operand.as_double());
+    if (operand.as_int() == INT64_MIN) Fail("integer overflow", expr.line);
+    return Value(-operand.as_int());
   }
 
   Value Binary(const Expr& expr) {
@@ -257,18 +262,25 @@ class Renderer {
     if ((op == "/" || op == "//" || op == "%") && right.as_double() == 0) Fail("division by zero", line);
     if (op == "/") return Value(left.as_double() / right.as_double());
     if (op == "**") {
-      if (integers && right.as_int() >= 0 && right.as_int() < 63) {
-        return Value(static_cast<int64_t>(std::llround(std::pow(left.as_double(), right.as_double()))));
-      }
-      return Value(std::pow(left.as_double(), right.as_double()));
+      const double power = std::pow(left.as_double(), right.as_double());
+      if (integers && right.as_int() >= 0 && std::abs(power) < 9.2e18) return Value(static_cast<int64_t>(std::llround(power)));
+      return Value(power);
     }
     if (integers) {
+      // Python's integers do not overflow; these do, so an overflow is an error, not a wrap.
       const int64_t a = left.as_int(), b = right.as_int();
-      if (op == "+") return Value(a + b);
-      if (op == "-") return Value(a - b);
-      if (op == "*") return Value(a * b);
-      if (op == "//") return Value(FloorDivide(a, b));
-      return Value(a - b * FloorDivide(a, b));  // %: the sign of the divisor, as in Python
+      int64_t result = 0;
+      bool overflow = false;
+      if (op == "+") overflow = __builtin_add_overflow(a, b, &result);
+      if (op == "-") overflow = __builtin_sub_overflow(a, b, &result);
+      if (op == "*") overflow = __builtin_mul_overflow(a, b, &result);
+      if (op == "//" || op == "%") {
+        if (a == INT64_MIN && b == -1) Fail("integer overflow", line);
+        const int64_t quotient = FloorDivide(a, b);
+        result = op == "//" ? quotient : a - b * quotient;  // %: the sign of the divisor, as in Python
+      }
+      if (overflow) Fail("integer overflow", line);
+      return Value(result);
     }
     const double a = left.as_double(), b = right.as_double();
     if (op == "+") return Value(a + b);
@@ -319,6 +331,8 @@ absl::StatusOr<Template> Template::Parse(std::string_view source, const std::str
     parsed.body_ = std::move(body);
   } catch (const TemplateError& error) {
     return absl::InvalidArgumentError(absl::StrCat(source_name, ":", error.line, ": ", error.message));
+  } catch (const std::exception& error) {
+    return absl::InvalidArgumentError(absl::StrCat(source_name, ": ", error.what()));
   }
   return parsed;
 }
