@@ -307,8 +307,13 @@ int main(int argc, char** argv) {
   // accepted run to completion until the deadline, then are cancelled.
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(grace_seconds);
   if (listener != nullptr) listener->Close();
+  // Both APIs stop accepting together and drain to the same deadline.
+  std::thread http_drain;
+  if (http_api != nullptr) {
+    http_drain = std::thread([&http_api, deadline] { http_api->Drain(absl::FromChrono(deadline)); });
+  }
   server->Shutdown(deadline);
-  if (http_api != nullptr) http_api->Stop();
+  if (http_drain.joinable()) http_drain.join();
   const bool drained = std::chrono::system_clock::now() < deadline;
   engine->StopAccepting();
   metrics->DetachEngine();

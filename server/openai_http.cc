@@ -68,6 +68,27 @@ absl::Status OpenAiHttpServer::Start(const std::string& host, int port) {
   return endpoint_.Start(host, port, "--http-port");
 }
 
+void OpenAiHttpServer::Track(const std::shared_ptr<OpenAiCallState>& call, bool running) {
+  absl::MutexLock lock(&calls_mutex_);
+  if (running) {
+    running_calls_.insert(call);
+  } else {
+    running_calls_.erase(call);
+  }
+}
+
+void OpenAiHttpServer::Drain(absl::Time deadline) {
+  endpoint_.StopAccepting();
+  {
+    absl::MutexLock lock(&calls_mutex_);
+    auto all_ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mutex_) { return running_calls_.empty(); };
+    if (!calls_mutex_.AwaitWithDeadline(absl::Condition(&all_ended), deadline)) {
+      for (const auto& call : running_calls_) call->CancelAll();  // their handlers end with the final updates
+    }
+  }
+  endpoint_.Stop();
+}
+
 bool OpenAiHttpServer::Authorized(const httplib::Request& request, httplib::Response& response) const {
   if (options_.api_keys == nullptr || options_.api_keys->Allows(request.get_header_value("Authorization"))) return true;
   SendError(response, {401, "authorization: this server needs 'Bearer <api key>'", "", "authentication_error"});
@@ -102,6 +123,7 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
   if (absl::Status submitted = state->Submit(call.choices); !submitted.ok()) {
     return refuse(ErrorFromStatus(submitted, api, body.contains("max_completion_tokens")), submitted.code());
   }
+  Track(state, true);
   auto stream = std::make_shared<Stream>(Stream{state, OpenAiResponder(call, engine_.tokenizer(), options_.served_model_name,
                                                                         state->first_id()),
                                                 call, false, state->num_choices(), absl::OkStatus(), {}});
@@ -118,9 +140,10 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
     }
     return s.responder.OnUpdate(choice, update);
   };
-  auto finish = [](Stream& s) {
+  auto finish = [this](Stream& s) {
     const absl::StatusCode code = s.failure.code();
     s.state->Finish(code, std::string(s.failure.message()), s.finals, s.call.stats_tag);
+    Track(s.state, false);
   };
 
   if (!call.stream) {

@@ -9,14 +9,18 @@
 #include <httplib.h>
 
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
 #include "engine/text/chat_template.h"
 #include "server/auth.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
+#include "server/openai_call.h"
 #include "server/openai_protocol.h"
 #include "server/request_log.h"
 
@@ -38,17 +42,21 @@ class OpenAiHttpServer {
 
   absl::Status Start(const std::string& host, int port);  // port 0: a free one
   int port() const { return endpoint_.port(); }
-  // Closes the listener; calls in progress finish (the engine drains them).
-  void Stop() { endpoint_.Stop(); }
+  // Draining, as the gRPC server drains: closes the listener, lets calls in progress run
+  // until `deadline`, cancels those still running then, and returns when all have ended.
+  void Drain(absl::Time deadline);
 
  private:
   void Generate(OpenAiApi api, const httplib::Request& request, httplib::Response& response);
   void Models(httplib::Response& response) const;
+  void Track(const std::shared_ptr<OpenAiCallState>& call, bool running);
   bool Authorized(const httplib::Request& request, httplib::Response& response) const;
 
   Engine& engine_;
   OpenAiHttpOptions options_;
   OpenAiContext context_;
+  absl::Mutex calls_mutex_;
+  std::set<std::shared_ptr<OpenAiCallState>> running_calls_ ABSL_GUARDED_BY(calls_mutex_);
   HttpEndpoint endpoint_;  // last: stopped first, while the members its handlers use live
 };
 

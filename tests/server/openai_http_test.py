@@ -6,7 +6,9 @@ the request log, and disconnects (streamed or not) freeing the request.
 import http.client
 import json
 import os
+import signal
 import socket
+import ssl
 import tempfile
 import time
 import unittest
@@ -240,6 +242,73 @@ class OpenAiHttpAuthTest(unittest.TestCase):
             self.assertEqual(post({})[0], 401)
             self.assertEqual(post({"Authorization": "Bearer wrong"})[0], 401)
             self.assertEqual(post({"Authorization": "Bearer http-key-123"})[0], 200)
+        finally:
+            server.close()
+
+    def test_tls_flags_serve_the_http_port_over_https(self):
+        cert, key = harness.self_signed_certificate()
+        server = harness.Server(None, tls=(cert, key))
+        try:
+            context = ssl.create_default_context(cafile=cert)
+            connection = http.client.HTTPSConnection("localhost", server.http_port, timeout=30, context=context)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 3}),
+                               {"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            self.assertEqual(reply.status, 200)
+            self.assertEqual(json.loads(reply.read())["usage"]["completion_tokens"], 3)
+            connection.close()
+            plain = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+            with self.assertRaises((ConnectionError, http.client.HTTPException)):
+                plain.request("GET", "/health")
+                plain.getresponse()
+            plain.close()
+        finally:
+            server.close()
+
+
+class OpenAiHttpDrainTest(unittest.TestCase):
+    def test_sigterm_finishes_streams_in_flight_and_closes_the_listener_after_the_delay(self):
+        server = harness.Server(None, "--drain-delay-seconds", "2", "--drain-grace-seconds", "30")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+            connection.request("POST", "/v1/completions", json.dumps(
+                {"prompt": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True}),
+                {"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            self.assertTrue(reply.readline().startswith(b"data: "))
+            server.terminate()
+            deadline = time.time() + 10
+            health = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+            while True:  # readiness fails during the drain delay, while the listener still answers
+                health.request("GET", "/health")
+                status = health.getresponse()
+                status.read()
+                if status.status == 503:
+                    break
+                self.assertLess(time.time(), deadline, "/health never reported draining")
+                time.sleep(0.05)
+            # As on gRPC, requests are still served during the drain delay (load balancers
+            # take time to notice); the listener closes after it.
+            health.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 2}),
+                           {"Content-Type": "application/json"})
+            during_delay = health.getresponse()
+            self.assertEqual(during_delay.status, 200, during_delay.read())
+            during_delay.read()
+            health.close()
+            events = [line for line in reply.read().decode().split("\n") if line.startswith("data: ")]
+            self.assertEqual(events[-1], "data: [DONE]")
+            text = "".join(c["text"] for e in events[:-1] for c in json.loads(e[6:])["choices"])
+            self.assertGreater(len(text), 0)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", server.http_port), timeout=1).close()
+                    time.sleep(0.05)
+                except OSError:
+                    break
+            else:
+                self.fail("the HTTP listener stayed open after the drain delay")
+            self.assertEqual(server.process.wait(timeout=60), 0)
         finally:
             server.close()
 
