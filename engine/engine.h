@@ -89,6 +89,7 @@ class Engine {
   void TakeInbox();
   void SweepCancelledAndExpired();
   void RunStep(const SchedulePlan& plan);
+  void ScorePromptRows(const SchedulePlan& plan, const ForwardOutput& output);
   void Postprocess(const SchedulePlan& plan, const ForwardOutput& output);
   // The next token of `sequence` from row `row` of the step's output; safe to call for
   // different sequences at once.

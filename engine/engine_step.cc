@@ -14,6 +14,12 @@ bool NeedsFullLogits(const GenerationRequest& request) {
   return request.sampling.chosen_logprob || !PicksArgmax(request.sampling);
 }
 
+// A prompt being scored: its chunks return every row of logits.
+bool ScoresPrompt(const Sequence& sequence) {
+  return sequence.request.prompt_logprobs.has_value() && !sequence.prompt_logprobs_sent &&
+         static_cast<size_t>(sequence.num_cached) < sequence.prompt_length;
+}
+
 TokenRouting RoutingAt(const ForwardOutput& output, int token_index) {
   TokenRouting routing;
   for (int mixture = 0; mixture < 2; ++mixture) {
@@ -42,10 +48,12 @@ void Engine::RunStep(const SchedulePlan& plan) {
       sequence.first_scheduled_time = now;
       ++first_scheduled;
     }
+    const bool scores_prompt = ScoresPrompt(sequence);
     batch.sequences.push_back(SequenceChunk{
         absl::MakeConstSpan(sequence.tokens).subspan(static_cast<size_t>(sequence.num_cached),
                                                      static_cast<size_t>(chunk.num_tokens)),
-        sequence.num_cached, sequence.block_table, /*all_logits=*/false, NeedsFullLogits(sequence.request)});
+        sequence.num_cached, sequence.block_table, /*all_logits=*/scores_prompt,
+        scores_prompt || NeedsFullLogits(sequence.request)});
   }
   LeftQueue(first_scheduled);
   const absl::Time forward_start = absl::Now();
@@ -83,7 +91,32 @@ void Engine::RecordStatistics(const SchedulePlan& plan, const ForwardOutput& out
   metrics_seconds_ += Seconds(absl::Now() - start);
 }
 
+// The log-probability of each prompt token a scored chunk's rows predict: row j of a chunk
+// starting at position p predicts the token at p + j + 1. Runs after CompleteStep, so
+// num_cached already counts the chunk.
+void Engine::ScorePromptRows(const SchedulePlan& plan, const ForwardOutput& output) {
+  for (size_t index = 0; index < plan.chunks.size(); ++index) {
+    Sequence& sequence = *plan.chunks[index].sequence;
+    if (!sequence.request.prompt_logprobs.has_value() || sequence.prompt_logprobs_sent) continue;
+    const int first_row = output.logit_row_offsets[index];
+    const int num_rows = output.logit_row_offsets[index + 1] - first_row;
+    const int chunk_start = sequence.num_cached - plan.chunks[index].num_tokens;
+    if (num_rows != plan.chunks[index].num_tokens) continue;  // not a scored chunk
+    sequence.prompt_logprobs.resize(sequence.prompt_length - 1);
+    for (int row = 0; row < num_rows; ++row) {
+      const size_t next_position = static_cast<size_t>(chunk_start + row + 1);
+      if (next_position >= sequence.prompt_length) break;  // the last row samples the first new token
+      SampleResult& scored = sequence.prompt_logprobs[next_position - 1];
+      scored = SampleResult{};
+      scored.token = sequence.tokens[next_position];
+      const float* logits = output.logits_row(first_row + row);
+      FillLogprobs(std::vector<float>(logits, logits + output.vocab_size), *sequence.request.prompt_logprobs, &scored);
+    }
+  }
+}
+
 void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) {
+  ScorePromptRows(plan, output);
   // Chunks that end at a new token: a decode, or the last chunk of a prompt.
   std::vector<size_t> finishing;
   int full_rows = 0;
@@ -116,6 +149,10 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
       continue;
     }
     GenerationUpdate update;
+    if (sequence.request.prompt_logprobs.has_value() && !sequence.prompt_logprobs_sent) {
+      update.prompt_logprobs = std::move(sequence.prompt_logprobs);
+      sequence.prompt_logprobs_sent = true;
+    }
     if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(*samples[i]);
     if (sequence.request.return_routing) update.routing.push_back(RoutingAt(output, output.token_offsets[index + 1] - 1));
     const bool finished = AppendToken(sequence, *samples[i], update);

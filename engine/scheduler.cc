@@ -61,7 +61,9 @@ bool Scheduler::Admit(Sequence* sequence, int budget, SchedulePlan* plan) {
   const int block_size = allocator_.block_size();
   if (sequence->block_table.empty()) {
     // At least one token must run to produce logits, so the last token is never reused.
-    const int reusable_blocks = (static_cast<int>(sequence->tokens.size()) - 1) / block_size;
+    // A request scoring its prompt needs logits at every prompt position: nothing is reused.
+    const bool scores_prompt = sequence->request.prompt_logprobs.has_value() && !sequence->prompt_logprobs_sent;
+    const int reusable_blocks = scores_prompt ? 0 : (static_cast<int>(sequence->tokens.size()) - 1) / block_size;
     uint64_t last_hash = 0;
     sequence->block_table = allocator_.MatchPrefix(sequence->tokens, reusable_blocks, &last_hash);
     sequence->num_committed_blocks = static_cast<int>(sequence->block_table.size());

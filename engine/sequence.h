@@ -33,6 +33,10 @@ struct GenerationRequest {
   bool skip_special_tokens = true;
   absl::Time deadline = absl::InfiniteFuture();
   std::string stats_tag;  // expert statistics can be filtered by this tag
+  // Log-probabilities of the prompt's tokens (each given those before it), with this many
+  // alternatives each; none when unset. Such a request's prompt is computed in full, never
+  // taken from the prefix cache (cached positions have no logits).
+  std::optional<int> prompt_logprobs;
 };
 
 // Experts chosen at the position that predicted one generated token.
@@ -45,6 +49,7 @@ struct GenerationUpdate {
   std::vector<int32_t> tokens;  // newly generated ids
   std::string text;             // newly released text (complete characters, stop strings removed)
   std::vector<SampleResult> logprobs;
+  std::vector<SampleResult> prompt_logprobs;  // prompt tokens 1.., in the update of the first new token
   std::vector<TokenRouting> routing;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
@@ -69,6 +74,8 @@ struct Sequence {
 
   std::vector<int32_t> tokens;  // prompt, then generated
   size_t prompt_length = 0;
+  std::vector<SampleResult> prompt_logprobs;  // by position - 1, when the request asks for them
+  bool prompt_logprobs_sent = false;
   int num_cached = 0;           // leading tokens whose K/V are in the cache
   std::vector<int32_t> block_table;
   int num_committed_blocks = 0;  // full blocks offered to the prefix cache

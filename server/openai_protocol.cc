@@ -187,8 +187,9 @@ void ReadOptions(OpenAiApi api, Fields& fields, const std::string& prompt_text, 
     });
     bool echo = false;
     fields.Boolean("echo", [&](bool v) { echo = v; });
-    if (echo && call->logprobs) fields.Fail("echo", "with logprobs needs prompt logprobs, which this server does not return yet");
     if (echo) call->echo_prompt = prompt_text;
+    // echo with logprobs: the prompt's tokens are scored too, and listed before the completion's.
+    if (echo && call->logprobs) request->set_prompt_logprobs(static_cast<uint32_t>(call->top_logprobs));
     fields.Unsupported("suffix", "is not supported");
   } else {
     fields.Boolean("logprobs", [&](bool v) { call->logprobs = v; });

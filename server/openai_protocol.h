@@ -79,13 +79,19 @@ class OpenAiResponder {
     int text_offset = 0;       // completions' text_offset of the next token
     GenerationUpdate final_update;
     bool finished = false;
+    bool prompt_listed = false;  // echo_logprobs_: the prompt's tokens are in `logprobs`
   };
   nlohmann::json Chunk(nlohmann::json choices) const;
   nlohmann::json LogprobsOf(Choice& choice, const GenerationUpdate& update) const;
+  // Completions with echo and logprobs: the prompt's tokens (the first without a logprob).
+  nlohmann::json PromptLogprobs(const GenerationUpdate& update) const;
   nlohmann::json Usage() const;
+  std::string TokenText(int32_t id) const;
 
   OpenAiApi api_;
   bool logprobs_;
+  bool echo_logprobs_;        // completions: prompt tokens lead each choice's logprobs
+  int32_t first_prompt_token_ = 0;
   const Tokenizer* tokenizer_;
   std::string model_, id_;
   int64_t created_;

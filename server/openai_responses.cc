@@ -25,6 +25,7 @@ OpenAiResponder::OpenAiResponder(const OpenAiCall& call, const Tokenizer* tokeni
                                  uint64_t request_id)
     : api_(call.api),
       logprobs_(call.logprobs),
+      echo_logprobs_(call.logprobs && !call.echo_prompt.empty() && call.api == OpenAiApi::kCompletions),
       tokenizer_(tokenizer),
       model_(std::move(model)),
       id_(absl::StrCat(call.api == OpenAiApi::kChat ? "chatcmpl-" : "cmpl-", request_id)),
@@ -34,6 +35,37 @@ OpenAiResponder::OpenAiResponder(const OpenAiCall& call, const Tokenizer* tokeni
     choice.text = call.echo_prompt;
     choice.text_offset = CodePointCount(call.echo_prompt);
   }
+  if (!call.choices.empty() && !call.choices[0].prompt.empty()) first_prompt_token_ = call.choices[0].prompt[0];
+}
+
+std::string OpenAiResponder::TokenText(int32_t id) const {
+  if (tokenizer_ == nullptr) return absl::StrCat("token_id:", id);
+  absl::StatusOr<std::string> text = tokenizer_->Decode({id});
+  return text.ok() ? *text : std::string();
+}
+
+json OpenAiResponder::PromptLogprobs(const GenerationUpdate& update) const {
+  json result = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+                 {"text_offset", json::array()}};
+  int offset = 0;
+  auto add = [&](int32_t token, const SampleResult* scored) {
+    const std::string text = TokenText(token);
+    result["tokens"].push_back(text);
+    result["text_offset"].push_back(offset);
+    offset += CodePointCount(text);
+    if (scored == nullptr) {
+      result["token_logprobs"].push_back(nullptr);
+      result["top_logprobs"].push_back(nullptr);
+      return;
+    }
+    result["token_logprobs"].push_back(scored->logprob);
+    json top = json::object();
+    for (const TokenLogprob& alternative : scored->top) top[TokenText(alternative.token)] = alternative.logprob;
+    result["top_logprobs"].push_back(std::move(top));
+  };
+  add(first_prompt_token_, nullptr);
+  for (const SampleResult& scored : update.prompt_logprobs) add(scored.token, &scored);
+  return result;
 }
 
 json OpenAiResponder::Chunk(json choices) const {
@@ -56,11 +88,7 @@ std::vector<json> OpenAiResponder::FirstChunks() const {
 }
 
 json OpenAiResponder::LogprobsOf(Choice& choice, const GenerationUpdate& update) const {
-  auto token_text = [this](int32_t id) {
-    if (tokenizer_ == nullptr) return absl::StrCat("token_id:", id);
-    absl::StatusOr<std::string> text = tokenizer_->Decode({id});
-    return text.ok() ? *text : std::string();
-  };
+  auto token_text = [this](int32_t id) { return TokenText(id); };
   auto token_bytes = [this](int32_t id) {
     json bytes = json::array();
     if (tokenizer_ != nullptr && tokenizer_->IsValidId(id)) {
@@ -102,6 +130,12 @@ std::vector<json> OpenAiResponder::OnUpdate(int index, const GenerationUpdate& u
   json logprobs = nullptr;
   if (logprobs_) {
     logprobs = LogprobsOf(choice, update);
+    if (echo_logprobs_ && !choice.prompt_listed) {  // the update of the first new token carries the prompt's
+      json prompt = PromptLogprobs(update);
+      for (auto& [key, values] : prompt.items()) values.insert(values.end(), logprobs[key].begin(), logprobs[key].end());
+      logprobs = std::move(prompt);
+      choice.prompt_listed = true;
+    }
     if (choice.logprobs.is_null()) {
       choice.logprobs = logprobs;
     } else {

@@ -95,6 +95,10 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const pb::GenerateRequest&
   out.priority = request.priority();
   out.return_routing = request.return_routing();
   out.skip_special_tokens = !request.keep_special_tokens();
+  if (request.has_prompt_logprobs()) {
+    if (request.prompt_logprobs() > kMaxLogprobs) return FieldError("prompt_logprobs", absl::StrCat("at most ", kMaxLogprobs));
+    out.prompt_logprobs = static_cast<int>(request.prompt_logprobs());
+  }
   if (request.stats_tag().size() > 128) return FieldError("stats_tag", "at most 128 bytes");
   out.stats_tag = request.stats_tag();
   return out;
@@ -102,19 +106,21 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const pb::GenerateRequest&
 
 namespace {
 
+void SetLogprob(const SampleResult& sample, pb::TokenLogprob* logprob) {
+  logprob->set_token_id(static_cast<uint32_t>(sample.token));
+  logprob->set_logprob(sample.logprob);
+  for (const TokenLogprob& top : sample.top) {
+    pb::TopLogprob* entry = logprob->add_top();
+    entry->set_token_id(static_cast<uint32_t>(top.token));
+    entry->set_logprob(top.logprob);
+  }
+}
+
 template <typename Message>
 void AppendTokenData(const GenerationUpdate& update, Message* message) {
   message->mutable_token_ids()->Add(update.tokens.begin(), update.tokens.end());
-  for (const SampleResult& sample : update.logprobs) {
-    pb::TokenLogprob* logprob = message->add_logprobs();
-    logprob->set_token_id(static_cast<uint32_t>(sample.token));
-    logprob->set_logprob(sample.logprob);
-    for (const TokenLogprob& top : sample.top) {
-      pb::TopLogprob* entry = logprob->add_top();
-      entry->set_token_id(static_cast<uint32_t>(top.token));
-      entry->set_logprob(top.logprob);
-    }
-  }
+  for (const SampleResult& sample : update.logprobs) SetLogprob(sample, message->add_logprobs());
+  for (const SampleResult& sample : update.prompt_logprobs) SetLogprob(sample, message->add_prompt_logprobs());
   for (const TokenRouting& routing : update.routing) {
     pb::TokenRouting* token = message->add_routing();
     for (size_t layer = 0; layer < routing.experts[0].size(); ++layer) {

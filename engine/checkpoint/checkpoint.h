@@ -21,6 +21,12 @@ class Checkpoint {
   const ModelConfig& config() const { return config_; }
   const std::string& dir() const { return dir_; }
   bool Has(const std::string& name) const { return tensors_.count(name) != 0; }
+  // Every tensor of every shard, sorted by name.
+  std::vector<std::string> TensorNames() const {
+    std::vector<std::string> names;
+    for (const auto& [name, tensor] : tensors_) names.push_back(name);
+    return names;
+  }
   // The tensor, or NotFound naming it and the checkpoint directory.
   absl::StatusOr<const TensorView*> Find(const std::string& name) const;
   // The tensor, checked to have exactly `shape` and a floating dtype.

@@ -28,5 +28,7 @@ int RunGenerate();
 int RunTokenize();
 int RunConvert();
 int RunChatTemplate();
+int RunEval();
+int RunPrune();
 
 }  // namespace mf::cli

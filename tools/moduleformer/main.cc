@@ -36,6 +36,9 @@ constexpr char kUsage[] =
     "  tokenize --tokenizer DIR [--decode]   text on stdin -> JSON ids (or JSON ids -> text)\n"
     "  expert-stats --server HOST:PORT [--tag T] [--reset] [--json]   expert selection counts of a server\n"
     "  convert --model SRC --out DST [--shard-size-mb 5000]   a PyTorch checkpoint directory to safetensors\n"
+    "  eval (--model DIR | --server HOST:PORT) --text-file FILE [--context N --stride S]   perplexity of a text\n"
+    "  prune --model DIR --stats STATS.json --out DIR (--keep-mlp F --keep-attention F | --min-share S) [--random SEED]\n"
+    "           a checkpoint with the experts the statistics show in use\n"
     "  chat-template [--model DIR] [--chat-template FILE] < messages.json   the prompt a chat request renders to\n"
     "Use --random-weights CONFIG instead of --model for a random model of a config's shape.";
 
@@ -58,6 +61,8 @@ int main(int argc, char** argv) {
   if (command == "expert-stats") return mf::cli::RunExpertStats();
   if (command == "convert") return mf::cli::RunConvert();
   if (command == "chat-template") return mf::cli::RunChatTemplate();
+  if (command == "eval") return mf::cli::RunEval();
+  if (command == "prune") return mf::cli::RunPrune();
   std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(), kUsage);
   return 2;
 }
