@@ -101,7 +101,6 @@ class OpenAiHttpTest(unittest.TestCase):
                  ({"prompt": PROMPT, "top_p": 2}, 400, "top_p"),
                  ({"prompt": PROMPT, "n": 17}, 400, "n"),
                  ({"prompt": PROMPT, "logprobs": 21}, 400, "logprobs"),
-                 ({"prompt": PROMPT, "echo": True, "logprobs": 1}, 400, "echo"),
                  ({"prompt": PROMPT, "suffix": "x"}, 400, "suffix"),
                  ({"prompt": PROMPT, "logit_bias": {"50256": -100}}, 400, "logit_bias"),
                  ({"prompt": PROMPT, "stop": 5}, 400, "stop"),
@@ -169,6 +168,24 @@ class OpenAiHttpTest(unittest.TestCase):
             self.assertEqual(len(entry["top_logprobs"]), 2)
             self.assertEqual(bytes(entry["bytes"]).decode("utf-8", "replace"), entry["token"])
             self.assertGreaterEqual(entry["top_logprobs"][0]["logprob"], entry["top_logprobs"][1]["logprob"])
+
+    def test_echo_with_logprobs_scores_the_prompt_as_grpc_does(self):
+        status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "temperature": 0,
+                                                      "echo": True, "logprobs": 2})
+        self.assertEqual(status, 200, reply)
+        reply = json.loads(reply)
+        logprobs = reply["choices"][0]["logprobs"]
+        prompt_tokens = reply["usage"]["prompt_tokens"]
+        self.assertEqual(len(logprobs["tokens"]), prompt_tokens + 4)
+        self.assertEqual("".join(logprobs["tokens"]), reply["choices"][0]["text"])
+        self.assertIsNone(logprobs["token_logprobs"][0])
+        self.assertIsNone(logprobs["top_logprobs"][0])
+        scored = self.server.stub.Generate(pb.GenerateRequest(text=PROMPT, max_new_tokens=1, prompt_logprobs=2),
+                                           timeout=60).prompt_logprobs
+        self.assertEqual(len(scored), prompt_tokens - 1)
+        for got, want in zip(logprobs["token_logprobs"][1:prompt_tokens], scored):
+            self.assertAlmostEqual(got, want.logprob, places=5)
+        self.assertEqual(logprobs["text_offset"][:2], [0, len(logprobs["tokens"][0])])
 
     def test_echo_and_several_choices(self):
         status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "echo": True, "temperature": 0})
