@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "tests/test_util.h"
@@ -214,6 +216,45 @@ TEST(EngineTest, StopTokenAndEosEndGeneration) {
   const GenerationUpdate final = stopped.Wait();
   EXPECT_EQ(final.finish_reason, FinishReason::kStop);
   EXPECT_EQ(stopped.tokens, std::vector<int32_t>(reference.greedy.begin(), reference.greedy.begin() + 4));
+}
+
+}  // namespace
+}  // namespace mf
+
+namespace mf {
+namespace {
+
+// Prompt scoring: every prompt position's log-softmax, across prefill chunks, equal to the
+// model's own logits; and a second identical request is scored in full, not from the cache.
+TEST(EngineTest, PromptLogprobsAreTheLogSoftmaxOfEveryPromptPosition) {
+  auto engine = MakeEngine("molm-tiny", 128, /*max_batch_tokens=*/16);
+  auto reference_model = testing::LoadReferenceModel("molm-tiny");
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 45; ++i) prompt.push_back((i * 37 + 11) % static_cast<int32_t>(reference_model->config().vocab_size));
+  const std::vector<float> logits = testing::PromptLogits(*reference_model, prompt);
+  const auto vocab = static_cast<size_t>(reference_model->config().vocab_size);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    GenerationRequest request = Greedy(prompt, 1);
+    request.prompt_logprobs = 2;
+    Collector collector;
+    ASSERT_TRUE(engine->Submit(request, collector.Callback()).ok());
+    const GenerationUpdate final_update = collector.Wait();
+    ASSERT_TRUE(final_update.status.ok()) << final_update.status;
+    EXPECT_EQ(final_update.cached_prompt_tokens, 0);
+    ASSERT_EQ(final_update.prompt_logprobs.size(), prompt.size() - 1);
+    for (size_t position = 1; position < prompt.size(); ++position) {
+      const float* row = logits.data() + (position - 1) * vocab;
+      double total = 0;
+      const float max_logit = *std::max_element(row, row + vocab);
+      for (size_t t = 0; t < vocab; ++t) total += std::exp(static_cast<double>(row[t] - max_logit));
+      const double expected = row[prompt[position]] - max_logit - std::log(total);
+      const SampleResult& scored = final_update.prompt_logprobs[position - 1];
+      EXPECT_EQ(scored.token, prompt[position]);
+      EXPECT_NEAR(scored.logprob, expected, 1e-5) << "position " << position;
+      ASSERT_EQ(scored.top.size(), 2u);
+      EXPECT_EQ(scored.top[0].token, std::max_element(row, row + vocab) - row);
+    }
+  }
 }
 
 }  // namespace
