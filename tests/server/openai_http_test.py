@@ -262,6 +262,32 @@ class OpenAiHttpAuthTest(unittest.TestCase):
         finally:
             server.close()
 
+    def test_a_full_queue_is_429_in_openais_schema(self):
+        server = harness.Server(None, "--max-running", "1", "--max-queued", "1")
+        held = []
+        try:
+            body = json.dumps({"prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}).encode()
+            for _ in range(2):  # one running, one queued
+                client = socket.create_connection(("127.0.0.1", server.http_port))
+                client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                held.append(client)
+            deadline = time.time() + 10
+            while (server.load().running_requests, server.load().waiting_requests) != (1, 1):
+                self.assertLess(time.time(), deadline, str(server.load()))
+                time.sleep(0.02)
+            connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 2}),
+                               {"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            self.assertEqual(reply.status, 429)
+            self.assertEqual(json.loads(reply.read())["error"]["type"], "rate_limit_error")
+            connection.close()
+        finally:
+            for client in held:
+                client.close()
+            server.close()
+
     def test_tls_flags_serve_the_http_port_over_https(self):
         cert, key = harness.self_signed_certificate()
         server = harness.Server(None, tls=(cert, key))
