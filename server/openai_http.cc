@@ -10,6 +10,29 @@ namespace {
 using nlohmann::json;
 
 constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
+// Deeper JSON is refused before parsing: copying, converting or printing a JSON value
+// recurses, and a body of 16 MB could nest a million levels and overflow a thread's stack.
+constexpr int kMaxJsonDepth = 64;
+
+// Whether arrays and objects in `text` nest deeper than `limit` (strings skipped).
+bool NestsDeeperThan(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
 
 void SendError(httplib::Response& response, const OpenAiError& error) {
   response.status = error.http_status;
@@ -109,6 +132,10 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
     state->Finish(code, error.message, {}, "");
     SendError(response, error);
   };
+  if (NestsDeeperThan(http_request.body, kMaxJsonDepth)) {
+    return refuse({400, absl::StrCat("body: JSON nested deeper than ", kMaxJsonDepth, " levels"), ""},
+                  absl::StatusCode::kInvalidArgument);
+  }
   const nlohmann::ordered_json body = nlohmann::ordered_json::parse(http_request.body, nullptr, /*allow_exceptions=*/false);
   if (!body.is_object()) return refuse({400, "body: not a JSON object", ""}, absl::StatusCode::kInvalidArgument);
   if (api == OpenAiApi::kChat && options_.chat_template == nullptr) {

@@ -93,8 +93,14 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
+  jinja::Value converted;
+  try {
+    converted = jinja::Value::FromJson(messages);
+  } catch (const jinja::TemplateError& error) {
+    return absl::InvalidArgumentError(absl::StrCat("messages: ", error.message));
+  }
   const jinja::Dict globals = {
-      {"messages", jinja::Value::FromJson(messages)},
+      {"messages", std::move(converted)},
       {"add_generation_prompt", jinja::Value(add_generation_prompt)},
       {"bos_token", jinja::Value(bos_token_)},
       {"eos_token", jinja::Value(eos_token_)},

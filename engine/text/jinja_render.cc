@@ -19,6 +19,15 @@ constexpr int64_t kMaxLoopIterations = 1 << 20;
 
 [[noreturn]] void Fail(const std::string& message, int line) { throw TemplateError{message, line}; }
 
+bool HoldsNamespace(const Value& value) {
+  if (value.is_namespace()) return true;
+  if (value.is_list()) return std::any_of(value.list().begin(), value.list().end(), HoldsNamespace);
+  if (value.is_dict()) {
+    return std::any_of(value.dict().begin(), value.dict().end(), [](const auto& entry) { return HoldsNamespace(entry.second); });
+  }
+  return false;
+}
+
 int64_t FloorDivide(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
 
 class Renderer {
@@ -55,6 +64,8 @@ class Renderer {
         if (!target.is_namespace()) {
           Fail(absl::StrCat("cannot set an attribute of '", statement.targets[0], "': not a namespace()"), statement.line);
         }
+        // A namespace inside a namespace could make a cycle, which reference counting never frees.
+        if (HoldsNamespace(value)) Fail("a namespace attribute cannot hold a namespace", statement.line);
         target.Set(statement.attribute, std::move(value));
         return;
       }
@@ -164,13 +175,19 @@ class Renderer {
         return Value(std::move(items));
       }
       case Expr::Kind::kDict: {
-        Value dict{Dict{}};
+        Dict entries;
         for (size_t i = 0; i + 1 < expr.operands.size(); i += 2) {
           const Value key = Evaluate(*expr.operands[i]);
           if (!key.is_string()) Fail("dict keys must be strings", expr.line);
-          dict.Set(key.as_string(), Evaluate(*expr.operands[i + 1]));
+          Value value = Evaluate(*expr.operands[i + 1]);
+          auto same_key = [&key](const auto& entry) { return entry.first == key.as_string(); };
+          if (auto existing = std::find_if(entries.begin(), entries.end(), same_key); existing != entries.end()) {
+            existing->second = std::move(value);  // a repeated key keeps its first position, as in Python
+          } else {
+            entries.emplace_back(key.as_string(), std::move(value));
+          }
         }
-        return dict;
+        return Value(std::move(entries));
       }
     }
     Fail("unknown expression", expr.line);

@@ -1,5 +1,6 @@
 #include "engine/text/jinja_value.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -96,6 +97,18 @@ std::string FloatRepr(double value) {
     return absl::StrCat(out, digits, std::string(integer_digits - digits.size(), '0'), ".0");
   }
   return absl::StrCat(out, digits.substr(0, integer_digits), ".", digits.substr(integer_digits));
+}
+
+Value::Value(List list) {
+  for (const Value& item : list) depth_ = std::max(depth_, item.depth_);
+  if (++depth_ > kMaxDepth) throw TemplateError{absl::StrCat("values nest deeper than ", kMaxDepth, " levels")};
+  data_ = std::make_shared<List>(std::move(list));
+}
+
+Value::Value(Dict dict) {
+  for (const auto& [key, item] : dict) depth_ = std::max(depth_, item.depth_);
+  if (++depth_ > kMaxDepth) throw TemplateError{absl::StrCat("values nest deeper than ", kMaxDepth, " levels")};
+  data_ = std::make_shared<Dict>(std::move(dict));
 }
 
 Value Value::FromJson(const nlohmann::ordered_json& json) {

@@ -39,8 +39,11 @@ class Value {
   Value(double d) : data_(d) {}
   Value(std::string s) : data_(std::move(s)) {}
   Value(const char* s) : data_(std::string(s)) {}
-  Value(List list) : data_(std::make_shared<List>(std::move(list))) {}
-  Value(Dict dict) : data_(std::make_shared<Dict>(std::move(dict))) {}
+  // Lists and dicts nest at most kMaxDepth deep (TemplateError beyond): printing, comparing
+  // and freeing values recurse, so a template or request cannot nest without bound.
+  static constexpr int kMaxDepth = 128;
+  Value(List list);
+  Value(Dict dict);
   static Value MakeNamespace(Dict attributes) { return Value(Namespace{std::make_shared<Dict>(std::move(attributes))}); }
   // Ordered: a template sees object keys in the order the request wrote them, as Python does.
   static Value FromJson(const nlohmann::ordered_json& json);
@@ -85,6 +88,7 @@ class Value {
   std::variant<Undefined, std::nullptr_t, bool, int64_t, double, std::string, std::shared_ptr<List>,
                std::shared_ptr<Dict>, Namespace>
       data_;
+  int depth_ = 0;  // lists and dicts: 1 + the deepest element's depth
 };
 
 // Python's repr() of a float (shortest round trip, always with a '.' or exponent).

@@ -218,6 +218,18 @@ class OpenAiHttpTest(unittest.TestCase):
         self.assertEqual(line["code"], "CANCELLED")
         self.assertLess(line["completion_tokens"], 3000)
 
+    def test_deeply_nested_json_is_refused_not_a_crash(self):
+        deep = "[" * 200000 + "]" * 200000
+        for path, body in (("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi", "x": %s}]}' % deep),
+                           ("/v1/completions", '{"prompt": %s}' % deep)):
+            connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=30)
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            self.assertEqual(reply.status, 400)
+            self.assertIn("nested deeper than 64 levels", json.loads(reply.read())["error"]["message"])
+            connection.close()
+        self.assertEqual(self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 2})[0], 200)
+
     def test_models_and_health(self):
         status, body = self.get("/v1/models")
         self.assertEqual(status, 200)

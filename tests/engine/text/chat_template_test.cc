@@ -99,6 +99,20 @@ TEST(JinjaTest, HugeLiteralsAreInfinityAsInPython) {
   EXPECT_EQ(Render("{{ 1234567890123456789012 }}"), "parse error: t.jinja:1: integer literal does not fit 64 bits: 1234567890123456789012");
 }
 
+TEST(JinjaTest, ValuesCannotNestWithoutBoundOrFormCycles) {
+  EXPECT_THAT(Render("{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}"
+                     "{{ ns.x }}"),
+              HasSubstr("values nest deeper than 128 levels"));
+  EXPECT_THAT(Render("{% set ns = namespace() %}{% set ns.self = [ns] %}"),
+              HasSubstr("a namespace attribute cannot hold a namespace"));
+  ordered_json deep = "leaf";
+  for (int i = 0; i < 1000; ++i) deep = ordered_json::array({deep});
+  auto chat = ChatTemplate::FromSource("{{ messages | length }}", "t.jinja");
+  const auto rendered = chat->Render(ordered_json::array({{{"role", "user"}, {"content", "x"}, {"extra", deep}}}), true);
+  EXPECT_EQ(rendered.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(rendered.status().message(), HasSubstr("messages: values nest deeper than 128 levels"));
+}
+
 TEST(JinjaTest, DeepNestingAndLongLoopsAreRefused) {
   EXPECT_THAT(Render("{{ " + std::string(100, '(') + "1" + std::string(100, ')') + " }}"), HasSubstr("nested too deeply"));
   EXPECT_THAT(Render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
