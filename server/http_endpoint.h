@@ -48,8 +48,6 @@ class HttpEndpoint {
     return absl::OkStatus();
   }
 
-  // Closes the listener; the connections being served go on.
-  void StopAccepting() { http_->stop(); }
   // Closes the listener and waits for the connections being served.
   void Stop() {
     http_->stop();

@@ -101,7 +101,7 @@ void OpenAiHttpServer::Track(const std::shared_ptr<OpenAiCallState>& call, bool 
 }
 
 void OpenAiHttpServer::Drain(absl::Time deadline) {
-  endpoint_.StopAccepting();
+  refusing_ = true;
   {
     absl::MutexLock lock(&calls_mutex_);
     auto all_ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mutex_) { return running_calls_.empty(); };
@@ -132,6 +132,10 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
     state->Finish(code, error.message, {}, "");
     SendError(response, error);
   };
+  if (refusing_) {
+    return refuse({503, "this server is draining: retry on another replica", "", "service_unavailable"},
+                  absl::StatusCode::kUnavailable);
+  }
   if (NestsDeeperThan(http_request.body, kMaxJsonDepth)) {
     return refuse({400, absl::StrCat("body: JSON nested deeper than ", kMaxJsonDepth, " levels"), ""},
                   absl::StatusCode::kInvalidArgument);

@@ -8,6 +8,7 @@
 
 #include <httplib.h>
 
+#include <atomic>
 #include <memory>
 #include <set>
 #include <string>
@@ -42,8 +43,10 @@ class OpenAiHttpServer {
 
   absl::Status Start(const std::string& host, int port);  // port 0: a free one
   int port() const { return endpoint_.port(); }
-  // Draining, as the gRPC server drains: closes the listener, lets calls in progress run
-  // until `deadline`, cancels those still running then, and returns when all have ended.
+  // Draining, as the gRPC server drains: new calls get 503 (a proxy retries them
+  // elsewhere), calls in progress run until `deadline` and are cancelled then; returns
+  // with the listener closed once all have ended. (cpp-httplib's stop() would cut off the
+  // event streams in progress, so the listener closes last.)
   void Drain(absl::Time deadline);
 
  private:
@@ -55,6 +58,7 @@ class OpenAiHttpServer {
   Engine& engine_;
   OpenAiHttpOptions options_;
   OpenAiContext context_;
+  std::atomic<bool> refusing_{false};
   absl::Mutex calls_mutex_;
   std::set<std::shared_ptr<OpenAiCallState>> running_calls_ ABSL_GUARDED_BY(calls_mutex_);
   HttpEndpoint endpoint_;  // last: stopped first, while the members its handlers use live
