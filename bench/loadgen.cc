@@ -1,6 +1,7 @@
 // Load generator for moduleformer-server: closed loop (N clients, each sending its
 // next request when the last finishes) or open loop (Poisson arrivals at a rate).
 // Reports request and token throughput, TTFT, inter-token and end-to-end latency.
+#include <cstdlib>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -28,11 +29,19 @@ ABSL_FLAG(uint64_t, seed, 1, "seed for prompts and arrival times");
 ABSL_FLAG(double, temperature, 0, "sampling temperature (0: greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "top-k (0: off)");
 ABSL_FLAG(double, top_p, 1, "top-p");
+ABSL_FLAG(std::string, api_key, "", "API key for a server run with --api-key-file (default: $MF_API_KEY)");
 
 namespace {
 
 namespace pb = moduleformer::v1;
 using Clock = std::chrono::steady_clock;
+
+// "authorization: Bearer KEY" from --api-key or $MF_API_KEY, when either is set.
+void AddApiKey(grpc::ClientContext& context) {
+  std::string key = absl::GetFlag(FLAGS_api_key);
+  if (const char* from_env = std::getenv("MF_API_KEY"); key.empty() && from_env != nullptr) key = from_env;
+  if (!key.empty()) context.AddMetadata("authorization", "Bearer " + key);
+}
 
 struct RequestResult {
   bool ok = false;
@@ -45,6 +54,7 @@ class LoadGenerator {
  public:
   explicit LoadGenerator(std::shared_ptr<grpc::Channel> channel) : stub_(pb::ModuleFormer::NewStub(channel)) {
     grpc::ClientContext context;
+    AddApiKey(context);
     pb::ModelInfoResponse info;
     if (grpc::Status status = stub_->ModelInfo(&context, pb::ModelInfoRequest(), &info); !status.ok()) {
       std::fprintf(stderr, "error: %s\n", status.error_message().c_str());
@@ -66,6 +76,7 @@ class LoadGenerator {
     request.set_seed(seed);
     request.set_ignore_eos(true);
     grpc::ClientContext context;
+    AddApiKey(context);
     RequestResult result;
     const auto start = Clock::now();
     auto last = start;
