@@ -1,6 +1,5 @@
-// Jinja's built-in filters, tests and global functions, and the Python str/dict/list
-// methods chat templates call, limited to what chat templates use. All throw
-// TemplateError on misuse.
+// Jinja's built-in filters, tests and global functions, limited to what chat templates
+// use (string and dict methods: jinja_python.h). All throw TemplateError on misuse.
 #pragma once
 
 #include <string>
@@ -31,12 +30,8 @@ bool IsKnownFunction(const std::string& name);
 Value ApplyFilter(const std::string& name, const Value& value, const Arguments& arguments);
 bool ApplyTest(const std::string& name, const Value& value, const Arguments& arguments);
 Value CallFunction(const std::string& name, const Arguments& arguments);
-Value CallMethod(const Value& object, const std::string& name, const Arguments& arguments);
 
 // Python's comparison operators (== != < <= > >=) on numbers and strings.
 bool CompareValues(const Value& a, const Value& b, const std::string& op);
-
-// Code-point helpers shared with the renderer (Python strings index code points).
-std::vector<std::string> CodePoints(const std::string& text);
 
 }  // namespace mf::jinja

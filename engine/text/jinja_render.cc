@@ -10,6 +10,7 @@
 #include "engine/text/jinja.h"
 #include "engine/text/jinja_ast.h"
 #include "engine/text/jinja_builtins.h"
+#include "engine/text/jinja_python.h"
 
 namespace mf::jinja {
 namespace {
