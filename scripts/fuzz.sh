@@ -19,7 +19,7 @@ for target in tokenizer_encode_fuzz tokenizer_loader_fuzz; do
   clang++ "${FLAGS[@]}" "tests/fuzz/$target.cc" "${SOURCES[@]}" $LIBS -o "$OUT_DIR/$target"
 done
 clang++ "${FLAGS[@]}" tests/fuzz/jinja_fuzz.cc engine/text/utf8.cc engine/text/jinja_value.cc engine/text/jinja_lexer.cc \
-  engine/text/jinja_parser.cc engine/text/jinja_python.cc engine/text/jinja_builtins.cc engine/text/jinja_render.cc $LIBS -o "$OUT_DIR/jinja_fuzz"
+  engine/text/jinja_expression_parser.cc engine/text/jinja_parser.cc engine/text/jinja_python.cc engine/text/jinja_builtins.cc engine/text/jinja_render.cc $LIBS -o "$OUT_DIR/jinja_fuzz"
 clang++ "${FLAGS[@]}" tests/fuzz/torch_pickle_fuzz.cc engine/checkpoint/torch_pickle.cc engine/checkpoint/dtype.cc \
   $LIBS -o "$OUT_DIR/torch_pickle_fuzz"
 
