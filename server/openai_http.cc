@@ -91,19 +91,22 @@ absl::Status OpenAiHttpServer::Start(const std::string& host, int port) {
   return endpoint_.Start(host, port, "--http-port");
 }
 
-void OpenAiHttpServer::Track(const std::shared_ptr<OpenAiCallState>& call, bool running) {
+bool OpenAiHttpServer::Admit(const std::shared_ptr<OpenAiCallState>& call) {
   absl::MutexLock lock(&calls_mutex_);
-  if (running) {
-    running_calls_.insert(call);
-  } else {
-    running_calls_.erase(call);
-  }
+  if (refusing_) return false;
+  running_calls_.insert(call);
+  return true;
+}
+
+void OpenAiHttpServer::Release(const std::shared_ptr<OpenAiCallState>& call) {
+  absl::MutexLock lock(&calls_mutex_);
+  running_calls_.erase(call);
 }
 
 void OpenAiHttpServer::Drain(absl::Time deadline) {
-  refusing_ = true;
   {
     absl::MutexLock lock(&calls_mutex_);
+    refusing_ = true;
     auto all_ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mutex_) { return running_calls_.empty(); };
     if (!calls_mutex_.AwaitWithDeadline(absl::Condition(&all_ended), deadline)) {
       for (const auto& call : running_calls_) call->CancelAll();  // their handlers end with the final updates
@@ -132,10 +135,6 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
     state->Finish(code, error.message, {}, "");
     SendError(response, error);
   };
-  if (refusing_) {
-    return refuse({503, "this server is draining: retry on another replica", "", "service_unavailable"},
-                  absl::StatusCode::kUnavailable);
-  }
   if (NestsDeeperThan(http_request.body, kMaxJsonDepth)) {
     return refuse({400, absl::StrCat("body: JSON nested deeper than ", kMaxJsonDepth, " levels"), ""},
                   absl::StatusCode::kInvalidArgument);
@@ -151,10 +150,16 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
   if (!ParseOpenAiRequest(api, body, context_, &call, &error)) {
     return refuse(error, error.http_status == 404 ? absl::StatusCode::kNotFound : absl::StatusCode::kInvalidArgument);
   }
+  // Admitted before submitting, under the drain's lock: a drain either refuses this call
+  // or waits for it.
+  if (!Admit(state)) {
+    return refuse({503, "this server is draining: retry on another replica", "", "service_unavailable"},
+                  absl::StatusCode::kUnavailable);
+  }
   if (absl::Status submitted = state->Submit(call.choices); !submitted.ok()) {
+    Release(state);
     return refuse(ErrorFromStatus(submitted, api, body.contains("max_completion_tokens")), submitted.code());
   }
-  Track(state, true);
   auto stream = std::make_shared<Stream>(Stream{state, OpenAiResponder(call, engine_.tokenizer(), options_.served_model_name,
                                                                         state->first_id()),
                                                 call, false, state->num_choices(), absl::OkStatus(), {}});
@@ -174,7 +179,7 @@ void OpenAiHttpServer::Generate(OpenAiApi api, const httplib::Request& http_requ
   auto finish = [this](Stream& s) {
     const absl::StatusCode code = s.failure.code();
     s.state->Finish(code, std::string(s.failure.message()), s.finals, s.call.stats_tag);
-    Track(s.state, false);
+    Release(s.state);
   };
 
   if (!call.stream) {

@@ -8,7 +8,6 @@
 
 #include <httplib.h>
 
-#include <atomic>
 #include <memory>
 #include <set>
 #include <string>
@@ -52,14 +51,16 @@ class OpenAiHttpServer {
  private:
   void Generate(OpenAiApi api, const httplib::Request& request, httplib::Response& response);
   void Models(httplib::Response& response) const;
-  void Track(const std::shared_ptr<OpenAiCallState>& call, bool running);
+  // A call runs between Admit (false once draining) and Release.
+  bool Admit(const std::shared_ptr<OpenAiCallState>& call);
+  void Release(const std::shared_ptr<OpenAiCallState>& call);
   bool Authorized(const httplib::Request& request, httplib::Response& response) const;
 
   Engine& engine_;
   OpenAiHttpOptions options_;
   OpenAiContext context_;
-  std::atomic<bool> refusing_{false};
   absl::Mutex calls_mutex_;
+  bool refusing_ ABSL_GUARDED_BY(calls_mutex_) = false;
   std::set<std::shared_ptr<OpenAiCallState>> running_calls_ ABSL_GUARDED_BY(calls_mutex_);
   HttpEndpoint endpoint_;  // last: stopped first, while the members its handlers use live
 };

@@ -191,11 +191,11 @@ class OpenAiHttpTest(unittest.TestCase):
         status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "echo": True, "temperature": 0})
         self.assertEqual(json.loads(reply)["choices"][0]["text"], PROMPT + self.grpc_text(5, temperature=0.0))
         status, reply = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "n": 3, "seed": 7,
-                                                      "temperature": 1.0})
+                                                      "temperature": 1.0, "ignore_eos": True})
         reply = json.loads(reply)
         self.assertEqual([c["index"] for c in reply["choices"]], [0, 1, 2])
         for i, choice in enumerate(reply["choices"]):  # choice i is seeded with seed + i
-            self.assertEqual(choice["text"], self.grpc_text(8, temperature=1.0, seed=7 + i))
+            self.assertEqual(choice["text"], self.grpc_text(8, temperature=1.0, seed=7 + i, ignore_eos=True))
         self.assertEqual(reply["usage"]["completion_tokens"], 24)
 
     def test_a_client_leaving_a_whole_response_cancels_it(self):
@@ -310,7 +310,8 @@ class OpenAiHttpAuthTest(unittest.TestCase):
         try:
             context = ssl.create_default_context(cafile=cert)
             connection = http.client.HTTPSConnection("localhost", server.http_port, timeout=30, context=context)
-            connection.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 3}),
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 3,
+                                                                      "ignore_eos": True}),
                                {"Content-Type": "application/json"})
             reply = connection.getresponse()
             self.assertEqual(reply.status, 200)
