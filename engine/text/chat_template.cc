@@ -1,10 +1,9 @@
 #include "engine/text/chat_template.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/base/file.h"
 #include "engine/base/status_macros.h"
 
 namespace mf {
@@ -13,19 +12,11 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-absl::StatusOr<std::string> ReadFile(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open"));
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
 // tokenizer_config.json, or an empty object when the directory has none.
 absl::StatusOr<json> ReadTokenizerConfig(const std::string& dir) {
   const fs::path path = fs::path(dir) / "tokenizer_config.json";
   if (dir.empty() || !fs::exists(path)) return json::object();
-  MF_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
+  MF_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path.string()));
   json config = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!config.is_object()) return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not a JSON object"));
   return config;
@@ -73,7 +64,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromSource(const std::string& source,
 }
 
 absl::StatusOr<ChatTemplate> ChatTemplate::FromFile(const std::string& path, const std::string& dir) {
-  MF_ASSIGN_OR_RETURN(const std::string source, ReadFile(path));
+  MF_ASSIGN_OR_RETURN(const std::string source, ReadFileToString(path));
   MF_ASSIGN_OR_RETURN(const json config, ReadTokenizerConfig(dir));
   return FromSource(source, path, SpecialToken(config, "bos_token"), SpecialToken(config, "eos_token"));
 }

@@ -2,10 +2,9 @@
 // `vocab.json` + `merges.txt` (+ `added_tokens.json`, `special_tokens_map.json`).
 #include <array>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/base/file.h"
 #include "engine/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -32,14 +31,6 @@ absl::StatusOr<json> ParseJson(std::string_view text, const std::string& source)
   json doc = json::parse(text.begin(), text.end(), nullptr, false);
   if (doc.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(source, ": malformed JSON"));
   return doc;
-}
-
-absl::StatusOr<std::string> ReadText(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open"));
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
 }
 
 // A token id read at its full width (a narrowing read would turn 2^31 into a negative
@@ -130,7 +121,7 @@ absl::StatusOr<std::vector<AddedToken>> ReadAddedTokens(const fs::path& dir) {
   std::vector<AddedToken> added;
   std::vector<std::string> special_contents;
   if (fs::exists(dir / "special_tokens_map.json")) {
-    auto text = ReadText(dir / "special_tokens_map.json");
+    auto text = ReadFileToString((dir / "special_tokens_map.json").string());
     if (!text.ok()) return text.status();
     auto doc = ParseJson(*text, (dir / "special_tokens_map.json").string());
     if (!doc.ok()) return doc.status();
@@ -143,7 +134,7 @@ absl::StatusOr<std::vector<AddedToken>> ReadAddedTokens(const fs::path& dir) {
   }
   if (fs::exists(dir / "added_tokens.json")) {
     const std::string source = (dir / "added_tokens.json").string();
-    auto text = ReadText(dir / "added_tokens.json");
+    auto text = ReadFileToString((dir / "added_tokens.json").string());
     if (!text.ok()) return text.status();
     auto doc = ParseJson(*text, source);
     if (!doc.ok()) return doc.status();
@@ -198,7 +189,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromTokenizerJson(std::str
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir_name) {
   const fs::path dir(dir_name);
   if (fs::exists(dir / "tokenizer.json")) {
-    auto text = ReadText(dir / "tokenizer.json");
+    auto text = ReadFileToString((dir / "tokenizer.json").string());
     if (!text.ok()) return text.status();
     return FromTokenizerJson(*text, (dir / "tokenizer.json").string());
   }
@@ -206,13 +197,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& di
     return absl::NotFoundError(absl::StrCat(dir_name, ": no tokenizer.json, nor vocab.json with merges.txt"));
   }
   const std::string vocab_source = (dir / "vocab.json").string();
-  auto vocab_text = ReadText(dir / "vocab.json");
+  auto vocab_text = ReadFileToString((dir / "vocab.json").string());
   if (!vocab_text.ok()) return vocab_text.status();
   auto vocab_doc = ParseJson(*vocab_text, vocab_source);
   if (!vocab_doc.ok()) return vocab_doc.status();
   auto vocab = ParseVocab(*vocab_doc, vocab_source);
   if (!vocab.ok()) return vocab.status();
-  auto merges_text = ReadText(dir / "merges.txt");
+  auto merges_text = ReadFileToString((dir / "merges.txt").string());
   if (!merges_text.ok()) return merges_text.status();
   std::vector<std::string> merges;
   std::istringstream lines(*merges_text);

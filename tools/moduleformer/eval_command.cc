@@ -9,14 +9,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
-#include <sstream>
 #include <thread>
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/synchronization/notification.h"
+#include "engine/base/file.h"
 #include "engine/engine.h"
 #include "engine/model_loader.h"
 #include "moduleformer/v1/moduleformer.grpc.pb.h"
@@ -55,14 +54,6 @@ std::vector<Window> SlidingWindows(size_t num_tokens, size_t context, size_t str
     if (end == num_tokens) break;
   }
   return windows;
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat("--text-file: cannot open ", path));
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
 }
 
 // Scores every window with `parallel` calls in flight; returns the summed negative
@@ -212,8 +203,8 @@ int EvaluateOnServer(const std::string& text) {
 }  // namespace
 
 int RunEval() {
-  auto text = ReadText(absl::GetFlag(FLAGS_text_file));
-  if (!text.ok()) return Fail(text.status());
+  auto text = ReadFileToString(absl::GetFlag(FLAGS_text_file));
+  if (!text.ok()) return Fail(absl::NotFoundError(absl::StrCat("--text-file: ", text.status().message())));
   return absl::GetFlag(FLAGS_server).empty() ? EvaluateLocally(*text) : EvaluateOnServer(*text);
 }
 

@@ -13,12 +13,12 @@
 #include <optional>
 #include <random>
 #include <set>
-#include <sstream>
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/base/file.h"
 #include "engine/base/status_macros.h"
 #include "engine/checkpoint/checkpoint.h"
 #include "nlohmann/json.hpp"
@@ -93,11 +93,9 @@ TensorToWrite Copy(const TensorView& tensor) {
 }
 
 absl::StatusOr<json> ReadJson(const std::string& path, const char* flag) {
-  std::ifstream file(path);
-  if (!file) return absl::NotFoundError(absl::StrCat(flag, ": cannot open ", path));
-  std::stringstream text;
-  text << file.rdbuf();
-  json parsed = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat(flag, ": ", text.status().message()));
+  json parsed = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not JSON"));
   return parsed;
 }
