@@ -10,7 +10,7 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
 FIXTURES="${MF_FIXTURES_DIR:-$ROOT/tests/fixtures}"
 mkdir -p "$OUT_DIR"
 
-SOURCES=(engine/text/utf8.cc engine/text/pretokenizer.cc engine/text/tokenizer.cc engine/text/tokenizer_loader.cc
+SOURCES=(engine/base/file.cc engine/text/utf8.cc engine/text/pretokenizer.cc engine/text/tokenizer.cc engine/text/tokenizer_loader.cc
          engine/text/detokenizer.cc)
 FLAGS=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I"$ROOT")
 LIBS=$(pkg-config --libs absl_statusor absl_strings absl_str_format)
