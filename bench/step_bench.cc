@@ -3,6 +3,7 @@
 // device's measured limits (copy bandwidth, bf16 GEMM rate) for the ratios.
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <random>
 #include <cstdio>
 #include <vector>
@@ -27,15 +28,22 @@ ABSL_FLAG(int32_t, context, 512, "Tokens already in each sequence's cache when d
 ABSL_FLAG(int32_t, steps, 20, "Decode steps timed per batch size");
 ABSL_FLAG(int32_t, prefill_prompts, 32, "Prompts in the prefill measurement");
 ABSL_FLAG(int32_t, prefill_length, 512, "Tokens per prompt in the prefill measurement");
+ABSL_FLAG(std::string, prefill_shapes, "",
+          "More prefill measurements, as PROMPTSxLENGTH,... (e.g. 2x1024,8x1024: the step sizes a server's "
+          "--max-batch-tokens allows)");
 ABSL_FLAG(int32_t, prefill_runs, 5, "Prefill batches timed (the median is reported)");
 ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the engine does for expert statistics");
 ABSL_FLAG(bool, full_logits, false,
           "Download every sequence's row of logits, as the engine does for sampled requests (greedy ones take the "
           "argmax on the device)");
 ABSL_FLAG(bool, sample, false,
-          "With --full-logits: sample every row on the host as the engine does for sampled requests (temperature 0.8, "
-          "top-p 0.95), on the loop thread and --sampling-threads helpers, inside the timed step");
-ABSL_FLAG(int32_t, sampling_threads, 0, "Helpers for --sample");
+          "Also time each decode batch with every row sampled (temperature 0.8, top-p 0.95) as the engine samples "
+          "it: on the device when the backend can, else downloaded and sampled on the host; printed beside the "
+          "greedy step of the same run");
+ABSL_FLAG(bool, host_sampling, false,
+          "With --sample: download every row and sample on the host (the loop thread and --sampling-threads "
+          "helpers), as the engine does without device sampling");
+ABSL_FLAG(int32_t, sampling_threads, 0, "Helpers for --sample --host-sampling");
 ABSL_FLAG(bool, profile_decode, false,
           "Bracket the timed decode steps with cudaProfilerStart/Stop, for `ncu --profile-from-start off`");
 ABSL_FLAG(bool, profile_prefill, false, "Bracket the timed prefill batches likewise");
@@ -69,15 +77,20 @@ Batch MakeBatch(mf::Model& model, int count, int length, int extra) {
   return batch;
 }
 
+mf::SamplingParams BenchSampling() {
+  mf::SamplingParams params;
+  params.temperature = 0.8f;
+  params.top_p = 0.95f;
+  return params;
+}
+
 // The engine's host work for sampled requests: every downloaded row through the sampler.
-void SampleRows(const mf::ForwardOutput& output) {
+void SampleOnHost(const mf::ForwardOutput& output) {
   static mf::WorkerPool pool(absl::GetFlag(FLAGS_sampling_threads));
   static std::vector<std::mt19937_64> generators;
   const int rows = static_cast<int>(output.logit_row_offsets.size()) - 1;
   while (static_cast<int>(generators.size()) < rows) generators.emplace_back(generators.size());
-  mf::SamplingParams params;
-  params.temperature = 0.8f;
-  params.top_p = 0.95f;
+  const mf::SamplingParams params = BenchSampling();
   const mf::TokenHistory history;
   pool.ParallelFor(rows, [&](int sequence) {
     const int row = output.logit_row_offsets[static_cast<size_t>(sequence) + 1] - 1;
@@ -88,14 +101,33 @@ void SampleRows(const mf::ForwardOutput& output) {
   });
 }
 
-double Run(mf::Model& model, const Batch& batch, int tokens_each) {
+// The device sampler's parameters for sequence `s` at draw `draw` (as the engine packs them).
+mf::SampleRowParams DeviceSampling(int s, int draw) {
+  const mf::SamplingParams sampling = BenchSampling();
+  mf::SampleRowParams params{};
+  params.temperature = sampling.temperature;
+  params.top_p = sampling.top_p;
+  params.min_p_offset = -std::numeric_limits<float>::infinity();
+  params.repetition_penalty = 1.0f;
+  params.penalty_slot = -1;
+  params.seed_low = static_cast<uint32_t>(s);
+  params.draw_index = static_cast<uint32_t>(draw);
+  return params;
+}
+
+enum class Sampling { kGreedy, kDevice, kHost };
+
+double Run(mf::Model& model, const Batch& batch, int tokens_each, Sampling sampling = Sampling::kGreedy,
+           int draw = 0) {
   mf::ForwardBatch forward;
   forward.record_routing = absl::GetFlag(FLAGS_record_routing);
   for (size_t s = 0; s < batch.tokens.size(); ++s) {
-    forward.sequences.push_back({absl::MakeConstSpan(batch.tokens[s]).subspan(static_cast<size_t>(batch.cached[s]),
-                                                                              static_cast<size_t>(tokens_each)),
-                                 batch.cached[s], batch.tables[s], /*all_logits=*/false,
-                                 absl::GetFlag(FLAGS_full_logits)});
+    mf::SequenceChunk& chunk = forward.sequences.emplace_back(mf::SequenceChunk{
+        absl::MakeConstSpan(batch.tokens[s]).subspan(static_cast<size_t>(batch.cached[s]),
+                                                     static_cast<size_t>(tokens_each)),
+        batch.cached[s], batch.tables[s], /*all_logits=*/false,
+        absl::GetFlag(FLAGS_full_logits) || sampling == Sampling::kHost});
+    if (sampling == Sampling::kDevice) chunk.device_sample = DeviceSampling(static_cast<int>(s), draw);
   }
   const auto start = Clock::now();
   auto output = model.Forward(forward);
@@ -103,7 +135,7 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each) {
     std::fprintf(stderr, "error: %s\n", std::string(output.status().message()).c_str());
     std::exit(1);
   }
-  if (absl::GetFlag(FLAGS_sample)) SampleRows(*output);
+  if (sampling == Sampling::kHost) SampleOnHost(*output);
   return Seconds(start);
 }
 
@@ -120,6 +152,35 @@ void Profile(bool wanted, bool on) {
   (void)wanted;
   (void)on;
 #endif
+}
+
+// Median decode step over `steps` timed steps (after two warm-ups), each adding one token
+// per sequence; the batch's contexts grow by steps + 2.
+double TimeDecode(mf::Model& model, Batch& batch, int steps, Sampling sampling) {
+  std::vector<double> times;
+  for (int step = 0; step < steps + 2; ++step) {
+    if (step == 2) Profile(absl::GetFlag(FLAGS_profile_decode), true);
+    times.push_back(Run(model, batch, 1, sampling, step));
+    for (int& cached : batch.cached) cached += 1;
+  }
+  Profile(absl::GetFlag(FLAGS_profile_decode), false);
+  times.erase(times.begin(), times.begin() + 2);  // warm-up
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// (prompts, length) of each prefill measurement: --prefill-prompts x --prefill-length, then --prefill-shapes.
+std::vector<std::pair<int, int>> PrefillShapes(int prompts, int prompt_length) {
+  std::vector<std::pair<int, int>> shapes;
+  if (prompts > 0) shapes.emplace_back(prompts, prompt_length);
+  for (absl::string_view shape : absl::StrSplit(absl::GetFlag(FLAGS_prefill_shapes), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(shape, 'x');
+    int count = 0, length = 0;
+    if (absl::SimpleAtoi(parts.first, &count) && absl::SimpleAtoi(parts.second, &length) && count > 0 && length > 0) {
+      shapes.emplace_back(count, length);
+    }
+  }
+  return shapes;
 }
 
 void Release(mf::Model& model, const Batch& batch) {
@@ -142,7 +203,13 @@ int main(int argc, char** argv) {
   const int largest = batches.empty() ? 0 : *std::max_element(batches.begin(), batches.end());
   const int prompts = absl::GetFlag(FLAGS_prefill_prompts), prompt_length = absl::GetFlag(FLAGS_prefill_length);
   source.cache.block_size = 16;
-  source.cache.num_blocks = std::max(largest * ((context + steps + 2 + 15) / 16), prompts * ((prompt_length + 15) / 16)) + 16;
+  const std::vector<std::pair<int, int>> prefill_shapes = PrefillShapes(prompts, prompt_length);
+  int64_t prefill_blocks = 0;
+  for (const auto& [count, length] : prefill_shapes) {
+    prefill_blocks = std::max<int64_t>(prefill_blocks, static_cast<int64_t>(count) * ((length + 15) / 16));
+  }
+  source.cache.num_blocks = static_cast<int>(
+      std::max<int64_t>(largest * ((context + 2 * (steps + 2) + 15) / 16), prefill_blocks) + 16);
   const auto load_start = Clock::now();
   auto model = mf::LoadModel(source);
   if (!model.ok()) {
@@ -156,23 +223,22 @@ int main(int argc, char** argv) {
   if (source.device.rfind("cuda", 0) == 0) mf::bench::PrintRoofline();
 #endif
 
-  if (prompts > 0) {  // prefill: all prompts in one ragged batch
-    Batch batch = MakeBatch(**model, prompts, prompt_length, 0);
-    Run(**model, batch, prompt_length);  // warm-up
+  for (const auto& [count, length] : prefill_shapes) {  // prefill: all prompts in one ragged batch
+    Batch batch = MakeBatch(**model, count, length, 0);
+    Run(**model, batch, length);  // warm-up
     std::vector<double> times;
     Profile(absl::GetFlag(FLAGS_profile_prefill), true);
-    for (int run = 0; run < std::max(1, absl::GetFlag(FLAGS_prefill_runs)); ++run) {
-      times.push_back(Run(**model, batch, prompt_length));
-    }
+    for (int run = 0; run < std::max(1, absl::GetFlag(FLAGS_prefill_runs)); ++run) times.push_back(Run(**model, batch, length));
     Profile(absl::GetFlag(FLAGS_profile_prefill), false);
     std::sort(times.begin(), times.end());
     const double median = times[times.size() / 2];
-    std::printf("prefill %d x %d tokens: median %.2f ms (min %.2f, max %.2f), %.0f tokens/s\n", prompts, prompt_length,
-                median * 1e3, times.front() * 1e3, times.back() * 1e3, prompts * prompt_length / median);
+    std::printf("prefill %d x %d tokens: median %.2f ms (min %.2f, max %.2f), %.0f tokens/s\n", count, length,
+                median * 1e3, times.front() * 1e3, times.back() * 1e3, count * length / median);
     Release(**model, batch);
   }
   for (int batch_size : batches) {  // decode: one token per sequence per step on top of `context`
-    Batch batch = MakeBatch(**model, batch_size, context + steps + 2, 0);
+    const int timed_tokens = (steps + 2) * (absl::GetFlag(FLAGS_sample) ? 2 : 1);
+    Batch batch = MakeBatch(**model, batch_size, context + timed_tokens, 0);
     for (size_t s = 0; s < batch.tokens.size(); ++s) batch.cached[s] = 0;
     // Fill the context in chunks the size of the prefill measurement.
     for (int filled = 0; filled < context;) {
@@ -181,18 +247,17 @@ int main(int argc, char** argv) {
       for (int& cached : batch.cached) cached += chunk;
       filled += chunk;
     }
-    std::vector<double> times;
-    for (int step = 0; step < steps + 2; ++step) {
-      if (step == 2) Profile(absl::GetFlag(FLAGS_profile_decode), true);
-      times.push_back(Run(**model, batch, 1));
-      for (int& cached : batch.cached) cached += 1;
+    const double greedy = TimeDecode(**model, batch, steps, Sampling::kGreedy);
+    std::printf("decode batch %d, context %d: step median %.3f ms, %.0f tokens/s\n", batch_size, context,
+                greedy * 1e3, batch_size / greedy);
+    if (absl::GetFlag(FLAGS_sample)) {
+      const bool on_device = (*model)->SamplesOnDevice() && !absl::GetFlag(FLAGS_host_sampling);
+      const double sampled = TimeDecode(**model, batch, steps, on_device ? Sampling::kDevice : Sampling::kHost);
+      std::printf("decode batch %d, context %d, sampled on the %s (temperature 0.8, top-p 0.95): step median %.3f ms, "
+                  "%.0f tokens/s, %.1f%% of greedy\n",
+                  batch_size, context, on_device ? "device" : "host", sampled * 1e3, batch_size / sampled,
+                  100 * greedy / sampled);
     }
-    Profile(absl::GetFlag(FLAGS_profile_decode), false);
-    times.erase(times.begin(), times.begin() + 2);  // warm-up
-    std::sort(times.begin(), times.end());
-    const double median = times[times.size() / 2];
-    std::printf("decode batch %d, context %d: step median %.3f ms (min %.3f), %.0f tokens/s\n", batch_size, context,
-                median * 1e3, times.front() * 1e3, batch_size / median);
     Release(**model, batch);
   }
   return 0;

@@ -10,6 +10,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "engine/checkpoint/weights.h"
 #include "engine/tensor.h"
 
@@ -57,6 +58,42 @@ struct AttentionShape {
 
 // An activation applied to an expert product's output (backends may fuse it).
 enum class ExpertActivation { kNone, kGeluNew };
+
+// Sampling on the device, for backends that can (Backend::SupportsSampling). One row's
+// request, packed by the model into its step upload; the layout is the CUDA kernels'
+// (kernels/sampling.h, checked there). The host sampler (engine/sampling/) is the
+// reference: the same support, distribution and log-probabilities, its own generator.
+struct SampleRowParams {
+  float temperature;         // below kMinTemperature: greedy (the argmax of the penalised logits)
+  float top_p;               // 1: off
+  float min_p_offset;        // temperature * log(min_p): logits below the top one + this are dropped; -inf: off
+  float repetition_penalty;  // 1: off (already clamped)
+  float presence_penalty;
+  float frequency_penalty;
+  int32_t top_k;             // <= 0 or >= the vocabulary: off
+  int32_t num_top_logprobs;  // 0 to kMaxSampleLogprobs
+  int32_t want_logprob;      // the chosen token's log-probability
+  int32_t penalty_slot;      // the sequence's row of penalty counts; -1: none
+  uint32_t seed_low, seed_high;
+  uint32_t draw_index;       // the sequence's draw counter: same seed and index, same draw
+  int32_t enabled;           // 0: the row is not sampled (its result is left as it was)
+  int32_t reserved[2];
+};
+inline constexpr int kMaxSampleLogprobs = 20;
+// Bit 31 of a penalty count: the token occurs in the prompt; bits 0-30: times generated.
+inline constexpr uint32_t kPromptTokenBit = 0x80000000u;
+// Log-probabilities are of the raw logits (the model's distribution), as on the host.
+struct SampleRowResult {
+  int32_t token;      // -1 when a logit is not finite
+  float logprob;
+  int32_t bad_token;  // >= 0: the lowest id whose raw logit is NaN or infinite
+  float bad_value;
+  int32_t top_tokens[kMaxSampleLogprobs];  // most likely first, ties to the lower id
+  float top_logprobs[kMaxSampleLogprobs];
+};
+inline constexpr int kSampleParamsWords = sizeof(SampleRowParams) / 4;
+inline constexpr int kSampleResultWords = sizeof(SampleRowResult) / 4;
+static_assert(kSampleParamsWords == 16 && kSampleResultWords == 44);
 
 // Device work a backend recorded for replay (a CUDA graph, say); owned by the caller,
 // next to the buffers that work reads and writes.
@@ -128,6 +165,21 @@ class Backend {
   virtual void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // tokens[r] = the index of row r's largest value (the lowest such index among ties).
   virtual void ArgmaxRows(const Tensor& logits, Tensor& tokens) = 0;
+
+  // Sampling on the device (see SampleRowParams). logits [R, vocab] in the activation type,
+  // params [R, kSampleParamsWords] and results [R, kSampleResultWords] int32 words;
+  // penalty_counts [slots, vocab] uint32 words (null when no row has a slot) gets each
+  // drawn token counted.
+  virtual bool SupportsSampling() const { return false; }
+  virtual void SampleRows(const Tensor& logits, const Tensor& params, Tensor* penalty_counts, Tensor& results) {
+    (void)logits, (void)params, (void)penalty_counts, (void)results;
+  }
+  // Sets `counts` (one slot's [vocab] words) from a sequence's history.
+  virtual absl::Status SetPenaltyHistory(Tensor& counts, absl::Span<const int32_t> prompt,
+                                         absl::Span<const int32_t> generated) {
+    (void)counts, (void)prompt, (void)generated;
+    return absl::UnimplementedError(name() + " backend: no device sampling");
+  }
 
   // Runs the device work `body` issues. A backend may record that work into `*record` the
   // first time (when *record is null) and replay the record later without calling `body`

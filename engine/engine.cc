@@ -68,7 +68,10 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, UpdateCallbac
   sequence->tokens = request.prompt;
   sequence->prompt_length = request.prompt.size();
   for (int32_t token : request.prompt) sequence->history.Add(token, /*is_output=*/false);
-  sequence->rng.seed(request.seed.has_value() ? *request.seed : std::random_device{}());
+  sequence->sampling_seed = request.seed.has_value()
+                               ? *request.seed
+                               : (uint64_t{std::random_device{}()} << 32 | std::random_device{}());
+  sequence->rng.seed(sequence->sampling_seed);
   if (tokenizer_ != nullptr) {
     sequence->decoder = std::make_unique<IncrementalDecoder>(*tokenizer_, request.skip_special_tokens);
     sequence->stop_matcher = std::make_unique<StopMatcher>(request.stop);

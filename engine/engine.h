@@ -29,6 +29,9 @@ struct EngineConfig {
   int max_waiting = 1024;      // queued requests before RESOURCE_EXHAUSTED
   int max_context = 4096;      // prompt + generated tokens per sequence
   int sampling_threads = 0;    // helpers sampling rows of large batches alongside the loop thread
+  // Sample on the device when the backend can (only tokens and asked log-probabilities
+  // come back); else every sampled row's logits are downloaded and sampled on the host.
+  bool device_sampling = true;
   absl::Duration stall_timeout = absl::Seconds(60);  // a paused request longer than this is cancelled
   EngineObserver* observer = nullptr;  // not owned; outlives the engine
 };
@@ -94,6 +97,9 @@ class Engine {
   // The next token of `sequence` from row `row` of the step's output; safe to call for
   // different sequences at once.
   static absl::StatusOr<SampleResult> SampleRow(Sequence& sequence, const ForwardOutput& output, int row);
+  // The device sampler's parameters for a chunk that ends at a new token, or nothing when
+  // the row is sampled on the host (or is plain greedy). Takes a penalty slot if needed.
+  std::optional<SampleRowParams> DeviceSampleParams(Sequence& sequence);
   void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);

@@ -1,6 +1,7 @@
 // One engine step after scheduling: the forward pass over the ragged batch, then
 // sampling, detokenization, stop checks and the updates sent to each request.
 #include <algorithm>
+#include <limits>
 
 #include "engine/engine.h"
 
@@ -49,11 +50,16 @@ void Engine::RunStep(const SchedulePlan& plan) {
       ++first_scheduled;
     }
     const bool scores_prompt = ScoresPrompt(sequence);
-    batch.sequences.push_back(SequenceChunk{
+    SequenceChunk& entry = batch.sequences.emplace_back(SequenceChunk{
         absl::MakeConstSpan(sequence.tokens).subspan(static_cast<size_t>(sequence.num_cached),
                                                      static_cast<size_t>(chunk.num_tokens)),
         sequence.num_cached, sequence.block_table, /*all_logits=*/scores_prompt,
         scores_prompt || NeedsFullLogits(sequence.request)});
+    const bool ends_at_new_token = sequence.num_cached + chunk.num_tokens == static_cast<int>(sequence.tokens.size());
+    if (ends_at_new_token && !scores_prompt) {
+      entry.device_sample = DeviceSampleParams(sequence);
+      if (entry.device_sample.has_value()) entry.full_logits = false;
+    }
   }
   LeftQueue(first_scheduled);
   const absl::Time forward_start = absl::Now();
@@ -160,7 +166,48 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
   }
 }
 
+std::optional<SampleRowParams> Engine::DeviceSampleParams(Sequence& sequence) {
+  const SamplingParams& sampling = sequence.request.sampling;
+  if (!config_.device_sampling || !model_->SamplesOnDevice() || !NeedsFullLogits(sequence.request)) {
+    return std::nullopt;
+  }
+  const bool penalised = sampling.repetition_penalty != 1.0f || sampling.presence_penalty != 0.0f ||
+                         sampling.frequency_penalty != 0.0f;
+  if (penalised && sequence.penalty_slot < 0) {
+    const auto tokens = absl::MakeConstSpan(sequence.tokens);
+    absl::StatusOr<int> slot =
+        model_->AcquirePenaltySlot(tokens.first(sequence.prompt_length), tokens.subspan(sequence.prompt_length));
+    if (!slot.ok()) return std::nullopt;  // every slot is taken: this row samples on the host
+    sequence.penalty_slot = *slot;
+  }
+  SampleRowParams params{};
+  params.temperature = sampling.temperature;
+  params.top_p = sampling.top_p;
+  params.min_p_offset = sampling.min_p > 0 ? MinPLogitOffset(sampling) : -std::numeric_limits<float>::infinity();
+  params.repetition_penalty = ClampedRepetitionPenalty(sampling);
+  params.presence_penalty = sampling.presence_penalty;
+  params.frequency_penalty = sampling.frequency_penalty;
+  params.top_k = sampling.top_k;
+  params.num_top_logprobs = std::clamp(sampling.num_logprobs, 0, kMaxSampleLogprobs);
+  params.want_logprob = sampling.chosen_logprob || sampling.num_logprobs > 0;
+  params.penalty_slot = penalised ? sequence.penalty_slot : -1;
+  params.seed_low = static_cast<uint32_t>(sequence.sampling_seed);
+  params.seed_high = static_cast<uint32_t>(sequence.sampling_seed >> 32);
+  params.draw_index = static_cast<uint32_t>(sequence.num_generated());
+  return params;
+}
+
 absl::StatusOr<SampleResult> Engine::SampleRow(Sequence& sequence, const ForwardOutput& output, int row) {
+  if (output.has_device_sample(row)) {
+    const SampleRowResult& drawn = output.samples[static_cast<size_t>(row)];
+    if (drawn.token < 0) return NonFiniteLogitError(drawn.bad_value, drawn.bad_token);
+    SampleResult sample;
+    sample.token = drawn.token;
+    sample.logprob = drawn.logprob;
+    const int64_t num_top = std::min<int64_t>({sequence.request.sampling.num_logprobs, kMaxSampleLogprobs, output.vocab_size});
+    for (int64_t i = 0; i < num_top; ++i) sample.top.push_back({drawn.top_tokens[i], drawn.top_logprobs[i]});
+    return sample;
+  }
   if (output.has_full_logits(row)) {
     return SampleFromRow(output.logits_row(row), static_cast<size_t>(output.vocab_size), sequence.request.sampling,
                          sequence.history, sequence.rng);
@@ -225,6 +272,7 @@ void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status
   update.total_seconds = Seconds(now - sequence.arrival_time);
   if (!sequence.first_scheduled_time.has_value()) LeftQueue(1);  // finished while it waited
   scheduler_->Remove(&sequence);
+  if (sequence.penalty_slot >= 0) model_->ReleasePenaltySlot(sequence.penalty_slot);
   if (config_.observer != nullptr) config_.observer->OnRequestFinished(update);
   sequence.on_update(std::move(update));
   sequences_.erase(sequence.id);

@@ -71,6 +71,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelWeights& weights
   model->config_ = weights.config;
   model->backend_ = std::move(backend);
   MF_RETURN_IF_ERROR(model->Upload(weights));
+  if (model->backend_->SupportsSampling()) {
+    // Before the cache, which may take a fraction of what is free.
+    MF_ASSIGN_OR_RETURN(model->penalty_counts_,
+                        model->backend_->Allocate(DType::kI32, {kPenaltySlots, model->config_.vocab_size}));
+    for (int slot = kPenaltySlots - 1; slot >= 0; --slot) model->free_penalty_slots_.push_back(slot);
+  }
   MF_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*model->backend_, model->config_, cache_options));
   model->kv_cache_ = std::make_unique<KvCache>(std::move(cache));
   return model;
@@ -116,6 +122,22 @@ absl::Status Model::Upload(const ModelWeights& weights) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int> Model::AcquirePenaltySlot(absl::Span<const int32_t> prompt, absl::Span<const int32_t> generated) {
+  if (free_penalty_slots_.empty()) {
+    return absl::ResourceExhaustedError(absl::StrCat("all ", penalty_counts_.empty() ? 0 : kPenaltySlots,
+                                                     " device penalty slots are in use"));
+  }
+  const int slot = free_penalty_slots_.back();
+  Tensor counts = penalty_counts_.Slice(static_cast<int64_t>(slot) * config_.vocab_size, {config_.vocab_size});
+  MF_RETURN_IF_ERROR(backend_->SetPenaltyHistory(counts, prompt, generated));
+  free_penalty_slots_.pop_back();
+  return slot;
+}
+
+void Model::ReleasePenaltySlot(int slot) {
+  if (slot >= 0 && slot < kPenaltySlots) free_penalty_slots_.push_back(slot);
 }
 
 int Model::num_experts(int layer, Mixture mixture) const {
@@ -167,6 +189,10 @@ absl::Status Model::RunNetwork(StepBuffers& step) {
   backend_->LayerNorm(final_hidden, ln_f_weight_, ln_f_bias_, static_cast<float>(config_.layer_norm_epsilon), normed);
   backend_->Linear(normed, lm_head_, nullptr, step.logits);
   if (!step.argmax.empty()) backend_->ArgmaxRows(step.logits, step.argmax);
+  if (!step.samples.empty()) {
+    backend_->SampleRows(step.logits, step.sample_params, penalty_counts_.empty() ? nullptr : &penalty_counts_,
+                         step.samples);
+  }
   return backend_->status();
 }
 

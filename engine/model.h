@@ -29,6 +29,9 @@ struct SequenceChunk {
   // penalties or log-probabilities), only each row's argmax comes back, sparing the
   // transfer of a vocabulary-sized row per sequence.
   bool full_logits = true;
+  // When set (and the backend samples: Model::SamplesOnDevice), the chunk's last row is
+  // sampled on the device and only its SampleRowResult comes back.
+  std::optional<SampleRowParams> device_sample = std::nullopt;
 };
 
 struct ForwardBatch {
@@ -49,11 +52,14 @@ struct ForwardOutput {
   std::vector<float> logits;            // [full rows, vocab]: the rows of chunks with full_logits
   std::vector<int> full_row;            // per row: its index in `logits`, or -1
   std::vector<int32_t> argmax;          // per row, when some chunk is argmax-only: the most likely token
+  std::vector<SampleRowResult> samples;  // per row, when some chunk samples on the device
+  std::vector<char> sampled;            // per row, when `samples` is set: whether the row was sampled
   std::vector<int> logit_row_offsets;   // sequence s owns rows [offsets[s], offsets[s+1])
   std::vector<int> token_offsets;       // sequence s owns batch tokens [offsets[s], offsets[s+1])
   std::vector<std::array<MixtureRouting, 2>> routing;  // per layer, indexed by Mixture; when recorded
 
   bool has_full_logits(int row) const { return full_row[static_cast<size_t>(row)] >= 0; }
+  bool has_device_sample(int row) const { return !sampled.empty() && sampled[static_cast<size_t>(row)] != 0; }
   const float* logits_row(int row) const {
     return logits.data() + static_cast<int64_t>(full_row[static_cast<size_t>(row)]) * vocab_size;
   }
@@ -74,6 +80,15 @@ class Model {
   const KvCache& kv_cache() const { return *kv_cache_; }
   int num_experts(int layer, Mixture mixture) const;
   int64_t weight_bytes() const { return weight_bytes_; }  // device memory held by the weights
+
+  // Device sampling: whether the backend samples, and the per-sequence penalty counts it
+  // keeps (kPenaltySlots sequences at a time; others sample on the host). A slot starts
+  // from the sequence's history and counts each token the device draws for it.
+  static constexpr int kPenaltySlots = 256;
+  bool SamplesOnDevice() const { return backend_->SupportsSampling(); }
+  absl::StatusOr<int> AcquirePenaltySlot(absl::Span<const int32_t> prompt, absl::Span<const int32_t> generated);
+  void ReleasePenaltySlot(int slot);
+  int num_free_penalty_slots() const { return static_cast<int>(free_penalty_slots_.size()); }
 
  private:
   struct DeviceMixture;
@@ -112,6 +127,8 @@ class Model {
   int64_t weight_bytes_ = 0;
   // Buffers of replayable steps by key, most recently used first.
   std::list<std::pair<uint64_t, std::shared_ptr<StepBuffers>>> replay_buffers_;
+  Tensor penalty_counts_;                 // [kPenaltySlots, vocab] uint32, when the backend samples
+  std::vector<int> free_penalty_slots_;
   std::vector<int32_t> routing_experts_;  // the routing record's download, before SplitRouting
   std::vector<float> routing_gates_;
 };

@@ -62,7 +62,8 @@ Model::StepInputs Model::BuildInputs(const ForwardBatch& batch, ForwardOutput* o
   layout.block_size = block_size;
   for (const SequenceChunk& chunk : batch.sequences) {
     layout.max_blocks_per_sequence = std::max(layout.max_blocks_per_sequence, static_cast<int>(chunk.block_table.size()));
-    inputs.argmax |= !chunk.full_logits;
+    inputs.argmax |= !chunk.full_logits && !chunk.device_sample.has_value();
+    inputs.sample |= chunk.device_sample.has_value();
   }
   inputs.record_routing = batch.record_routing;
   const bool decode = IsDecodeStep(batch);
@@ -102,12 +103,28 @@ Model::StepInputs Model::BuildInputs(const ForwardBatch& batch, ForwardOutput* o
        {&token_ids, &token_seq, &token_pos, &cache_rows, &block_tables, &seq_new_tokens, &logit_rows}) {
     inputs.packed.insert(inputs.packed.end(), part->begin(), part->end());
   }
+  if (inputs.sample) {
+    // Every row gets parameters; only each sampled chunk's last row is enabled.
+    std::vector<SampleRowParams> params(logit_rows.size(), SampleRowParams{});
+    output->sampled.assign(logit_rows.size(), 0);
+    for (int s = 0; s < layout.num_sequences; ++s) {
+      const SequenceChunk& chunk = batch.sequences[static_cast<size_t>(s)];
+      if (!chunk.device_sample.has_value()) continue;
+      const size_t row = static_cast<size_t>(output->logit_row_offsets[static_cast<size_t>(s) + 1] - 1);
+      params[row] = *chunk.device_sample;
+      params[row].enabled = 1;
+      output->sampled[row] = 1;
+    }
+    const auto* words = reinterpret_cast<const int32_t*>(params.data());
+    inputs.packed.insert(inputs.packed.end(), words, words + params.size() * kSampleParamsWords);
+  }
   if (decode) {
     // Decode steps have one token and one logit row per sequence; what else shapes
     // their work is the table width and which outputs they produce.
     inputs.replay_key = static_cast<uint64_t>(layout.num_sequences) |
                         static_cast<uint64_t>(layout.max_blocks_per_sequence) << 20 |
-                        static_cast<uint64_t>(inputs.argmax) << 50 | static_cast<uint64_t>(inputs.record_routing) << 51;
+                        static_cast<uint64_t>(inputs.argmax) << 50 | static_cast<uint64_t>(inputs.record_routing) << 51 |
+                        static_cast<uint64_t>(inputs.sample) << 52;
   }
   return inputs;
 }

@@ -34,7 +34,8 @@ absl::StatusOr<std::shared_ptr<Model::StepBuffers>> Model::BuffersFor(const Step
   replay_buffers_.emplace_front(key, *buffers);
   auto bytes_of = [](const StepBuffers& step) {
     int64_t bytes = 0;
-    for (const Tensor* tensor : {&step.packed, &step.logits, &step.argmax, &step.routing_experts, &step.routing_gates}) {
+    for (const Tensor* tensor :
+         {&step.packed, &step.logits, &step.argmax, &step.samples, &step.routing_experts, &step.routing_gates}) {
       bytes += static_cast<int64_t>(tensor->num_bytes());
     }
     return bytes;
@@ -68,6 +69,10 @@ absl::StatusOr<std::shared_ptr<Model::StepBuffers>> Model::AllocateBuffers(const
   layout.block_tables = view({sequences, layout.max_blocks_per_sequence});
   layout.seq_new_tokens = view({sequences});
   step->logit_rows = view({rows});
+  if (inputs.sample) {
+    step->sample_params = view({rows, kSampleParamsWords});
+    MF_ASSIGN_OR_RETURN(step->samples, backend_->Allocate(DType::kI32, {rows, kSampleResultWords}));
+  }
   MF_ASSIGN_OR_RETURN(step->logits, Empty({rows, config_.vocab_size}));
   if (inputs.argmax) {
     MF_ASSIGN_OR_RETURN(step->argmax, backend_->Allocate(DType::kI32, {rows}));
@@ -90,6 +95,10 @@ absl::Status Model::ReadOutputs(const ForwardBatch& batch, const StepBuffers& st
   if (!step.argmax.empty()) {
     output->argmax.resize(static_cast<size_t>(step.argmax.num_elements()));
     backend_->CopyToHostDeferred(step.argmax, output->argmax.data());
+  }
+  if (!step.samples.empty()) {
+    output->samples.resize(static_cast<size_t>(step.samples.rows()));
+    backend_->CopyToHostDeferred(step.samples, output->samples.data());
   }
   if (!step.routing_experts.empty()) {
     // One download each for every layer's decisions; split by layer once they arrive.
@@ -126,7 +135,7 @@ absl::Status Model::ReadLogits(const ForwardBatch& batch, const StepBuffers& ste
   std::vector<int32_t> full_rows;
   output->full_row.assign(static_cast<size_t>(num_rows), -1);
   for (size_t s = 0; s < batch.sequences.size(); ++s) {
-    if (!batch.sequences[s].full_logits) continue;
+    if (!batch.sequences[s].full_logits || batch.sequences[s].device_sample.has_value()) continue;
     for (int row = output->logit_row_offsets[s]; row < output->logit_row_offsets[s + 1]; ++row) {
       output->full_row[static_cast<size_t>(row)] = static_cast<int>(full_rows.size());
       full_rows.push_back(row);

@@ -26,10 +26,12 @@ struct Model::StepInputs {
   StepLayout layout;  // sizes and host vectors; its device tensors belong to the buffers
   int num_logit_rows = 0;
   bool argmax = false;  // some chunk takes its rows' argmax only
+  bool sample = false;  // some chunk samples on the device
   bool record_routing = false;
   // Token ids, sequences, positions, cache rows ([T] each), block tables ([S, max blocks]),
-  // new tokens per sequence ([S]) and the rows whose logits are computed ([R]), in one
-  // array: one upload per step.
+  // new tokens per sequence ([S]), the rows whose logits are computed ([R]) and, when
+  // sampling on the device, each row's SampleRowParams ([R, 16]), in one array: one
+  // upload per step.
   std::vector<int32_t> packed;
   // Set when every host-side decision of the step's device work follows from it (decode
   // steps), so the work recorded for one such step replays for the next.
@@ -42,6 +44,8 @@ struct Model::StepBuffers {
   Tensor logit_rows;      // [R], a view of `packed`
   Tensor logits;          // [R, vocab]
   Tensor argmax;          // [R] int32, when asked for
+  Tensor sample_params;   // [R, kSampleParamsWords], a view of `packed`, when sampling
+  Tensor samples;         // [R, kSampleResultWords] int32, when sampling
   Tensor routing_experts;  // every layer's decisions, when recorded: [Σ T·k] int32
   Tensor routing_gates;    // [Σ T·k] f32
   std::vector<int64_t> routing_offsets;  // [layer * 2 + mixture]: where its decisions start

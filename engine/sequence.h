@@ -88,7 +88,9 @@ struct Sequence {
   std::optional<absl::Time> paused_since;
 
   TokenHistory history;
-  std::mt19937_64 rng;
+  std::mt19937_64 rng;        // the host sampler's generator
+  uint64_t sampling_seed = 0;  // the device sampler's: the request's seed, or a random one
+  int penalty_slot = -1;       // the device's penalty counts for this sequence, when it holds a slot
   std::unique_ptr<IncrementalDecoder> decoder;  // null without a tokenizer
   std::unique_ptr<StopMatcher> stop_matcher;
 

@@ -16,7 +16,7 @@ status=0
 "$BUNDLE/kernel_tests" 2>&1 | tee "$OUT/kernel_tests.txt" | grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|case [0-9]" || true
 grep -q "^\[  PASSED" "$OUT/kernel_tests.txt" && ! grep -q "FAILED" "$OUT/kernel_tests.txt" || status=1
 for dir in "$MF_FIXTURES_DIR"/reference/*/; do
-  "$BUNDLE/moduleformer" verify --device cuda --model "$dir" --cases "$dir/cases.json" --logit-tolerance 5e-2 --gate-tolerance 1e-3 \
+  "$BUNDLE/moduleformer" verify --device cuda --precision exact --model "$dir" --cases "$dir/cases.json" --logit-tolerance 5e-2 --gate-tolerance 1e-3 \
     2>&1 | tee -a "$OUT/verify_cuda.txt" | tail -n 1 || status=1
 done
 if [ -z "${SKIP_MEMCHECK:-}" ]; then
@@ -58,8 +58,12 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --full-logits \
     --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 --prefill-prompts 0 2>&1 \
     | sed 's/^/full logits download: /' | tee -a "$OUT/step_bench.txt" || status=1
-  # ... and sampling them on the host (temperature 0.8, top-p 0.95) with 8 helper threads, as the server does.
-  "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --full-logits --sample --sampling-threads 8 \
+  # Sampled decoding (temperature 0.8, top-p 0.95) beside the greedy step of the same run:
+  # on the device, then downloaded and sampled on the host with 8 helper threads.
+  "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --sample \
+    --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,64,256 --context 512 --prefill-prompts 0 2>&1 \
+    | sed 's/^/device sampling: /' | tee -a "$OUT/step_bench.txt" || status=1
+  "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --sample --host-sampling --sampling-threads 8 \
     --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 --prefill-prompts 0 2>&1 \
     | sed 's/^/host sampling: /' | tee -a "$OUT/step_bench.txt" || status=1
   # Where the time goes (CUDA events per backend operation), one workload at a time.
@@ -71,5 +75,33 @@ if [ -z "${SKIP_BENCH:-}" ]; then
         --random-weights "$BUNDLE/configs/molm-350m-4b.json" $workload 2>&1 | tee -a "$OUT/op_timing.txt"
     done
   fi
+fi
+# The server under load on the MoLM-350M-4B shape (random weights, the GPU defaults: bf16,
+# KV cache at 0.9 of free memory, sampling on the device), beside step_bench's figures for
+# the same shape in the same run: 256 concurrent streams greedy and sampled, then long prompts.
+if [ -n "${SERVING_BENCH:-}" ]; then
+  CONFIG="$BUNDLE/configs/molm-350m-4b.json"
+  "$BUNDLE/bench/step_bench" --device cuda --random-weights "$CONFIG" --decode-batches 256 --context 192 \
+    --prefill-prompts 32 --prefill-length 1024 --prefill-runs 3 2>&1 | tee -a "$OUT/serving.txt" || status=1
+  "$BUNDLE/moduleformer-server" --device cuda --random-weights "$CONFIG" --host 127.0.0.1 --port 0 \
+    --port-file "$work/serving_port" --metrics-port 0 --metrics-port-file "$work/serving_metrics" \
+    ${SERVER_FLAGS:-} > "$OUT/serving_server.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 1200); do [ -s "$work/serving_port" ] && break; sleep 0.1; done
+  address="127.0.0.1:$(cat "$work/serving_port" 2>/dev/null)"
+  head -n 3 "$OUT/serving_server.log" | tee -a "$OUT/serving.txt"
+  load() { "$BUNDLE/bench/loadgen" --server "$address" --mode closed --concurrency 256 "$@" 2>&1 | tee -a "$OUT/serving.txt"; }
+  load --requests 256 --prompt-tokens 128 --max-new-tokens 16 > /dev/null  # warm-up: graphs for every batch size
+  echo "== greedy, 256 streams, prompt 128, 128 new" | tee -a "$OUT/serving.txt"
+  load --requests 768 --prompt-tokens 128 --max-new-tokens 128 || status=1
+  echo "== sampled (temperature 0.8, top-p 0.95), 256 streams, prompt 128, 128 new" | tee -a "$OUT/serving.txt"
+  load --requests 768 --prompt-tokens 128 --max-new-tokens 128 --temperature 0.8 --top-p 0.95 || status=1
+  echo "== long prompts, 256 streams, prompt 1024, 32 new" | tee -a "$OUT/serving.txt"
+  load --requests 768 --prompt-tokens 1024 --max-new-tokens 32 || status=1
+  python3 -c "import urllib.request,sys; t=urllib.request.urlopen(sys.argv[1]).read().decode(); \
+print('\n'.join(l for l in t.splitlines() if l.startswith(('moduleformer_engine_','moduleformer_forward_', \
+'moduleformer_sampling_','moduleformer_metrics_recording','moduleformer_preemptions')) and '_bucket' not in l))" \
+    "http://127.0.0.1:$(cat "$work/serving_metrics")/metrics" | tee -a "$OUT/serving.txt" || true
+  kill -TERM $server; wait $server || true
 fi
 exit $status

@@ -44,6 +44,9 @@ ABSL_FLAG(int32_t, max_queued, 1024, "Waiting requests before new ones get RESOU
 ABSL_FLAG(int32_t, max_context, 4096, "Prompt + generated tokens per request");
 ABSL_FLAG(int32_t, sampling_threads, -1,
           "Threads that sample large batches with the engine loop (-1: half the usable cores, at most 8; 0: the loop alone)");
+ABSL_FLAG(bool, device_sampling, true,
+          "Sample on the GPU (only chosen tokens and asked log-probabilities come back); false: download each sampled "
+          "row's logits and sample on the host");
 ABSL_FLAG(std::string, request_log, "",
           "Log every finished Generate/Stream call as a JSON line to stdout, stderr or this file (empty: no log)");
 ABSL_FLAG(int32_t, stream_stall_timeout_seconds, 60,
@@ -112,6 +115,18 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
     std::exit(1);
   }
+  const mf::KvCache& cache = (*model)->kv_cache();
+  std::fprintf(stderr,
+               "moduleformer-server: %s backend, %s precision, sampling on the %s; KV cache %.2f GiB (%s): %d blocks "
+               "of %d tokens, %lld tokens\n",
+               (*model)->backend().name().c_str(), source.precision.c_str(),
+               (*model)->SamplesOnDevice() && absl::GetFlag(FLAGS_device_sampling) ? "device" : "host",
+               static_cast<double>(cache.memory_bytes()) / (1 << 30),
+               source.cache.num_blocks > 0          ? "--kv-cache-blocks"
+               : source.cache.memory_fraction > 0 ? absl::StrCat(source.cache.memory_fraction, " of free memory").c_str()
+                                                  : "--kv-cache-mb",
+               cache.allocator().num_blocks(), cache.block_size(),
+               static_cast<long long>(cache.allocator().num_blocks()) * cache.block_size());
   auto tokenizer = mf::LoadTokenizerIfPresent(absl::GetFlag(FLAGS_tokenizer), source.model_dir);
   if (tokenizer.ok() && *tokenizer != nullptr) {
     if (absl::Status fits = mf::CheckTokenizerFitsModel(**tokenizer, (*model)->config()); !fits.ok()) tokenizer = fits;
@@ -126,6 +141,7 @@ std::unique_ptr<mf::Engine> StartEngine(mf::EngineObserver* observer) {
   config.max_waiting = absl::GetFlag(FLAGS_max_queued);
   config.max_context = absl::GetFlag(FLAGS_max_context);
   config.sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
+  config.device_sampling = absl::GetFlag(FLAGS_device_sampling);
   config.stall_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_stall_timeout_seconds));
   if (config.sampling_threads < 0) {
     config.sampling_threads = std::min(8, UsableCores() / 2);

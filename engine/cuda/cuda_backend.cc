@@ -1,5 +1,6 @@
 #include "engine/cuda/cuda_backend.h"
 
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 
@@ -299,6 +300,42 @@ void CudaBackend::ArgmaxRows(const Tensor& logits, Tensor& tokens) {
   CudaOpTimer::Scope scope(*timer_, "argmax");
   Check(kernels::ArgmaxRows(Ptr<float>(logits), Int(logits.rows()), Int(logits.cols()), Ptr<int32_t>(tokens), stream_),
         "argmax");
+}
+
+// The engine packs rows in engine/backend.h's layout; the kernels read kernels/sampling.h's.
+static_assert(sizeof(SampleRowParams) == sizeof(kernels::SampleRowParams));
+static_assert(offsetof(SampleRowParams, enabled) == offsetof(kernels::SampleRowParams, enabled));
+static_assert(offsetof(SampleRowParams, draw_index) == offsetof(kernels::SampleRowParams, draw_index));
+static_assert(offsetof(SampleRowParams, top_k) == offsetof(kernels::SampleRowParams, top_k));
+static_assert(sizeof(SampleRowResult) == sizeof(kernels::SampleRowResult));
+static_assert(offsetof(SampleRowResult, top_logprobs) == offsetof(kernels::SampleRowResult, top_logprobs));
+static_assert(kMaxSampleLogprobs == kernels::kMaxSampleLogprobs && kPromptTokenBit == kernels::kPromptTokenBit);
+
+void CudaBackend::SampleRows(const Tensor& logits, const Tensor& params, Tensor* penalty_counts, Tensor& results) {
+  CudaOpTimer::Scope scope(*timer_, "sample");
+  const Tensor penalised = Scratch(DType::kF32, {logits.rows(), logits.cols()});
+  if (penalised.empty()) return;
+  Check(kernels::SampleRows(Ptr<float>(logits), Int(logits.rows()), Int(logits.cols()),
+                            Ptr<kernels::SampleRowParams>(params),
+                            penalty_counts != nullptr ? Ptr<uint32_t>(*penalty_counts) : nullptr,
+                            Ptr<float>(penalised), Ptr<kernels::SampleRowResult>(results), nullptr, stream_),
+        "sample");
+}
+
+absl::Status CudaBackend::SetPenaltyHistory(Tensor& counts, absl::Span<const int32_t> prompt,
+                                            absl::Span<const int32_t> generated) {
+  std::vector<int32_t> history(prompt.begin(), prompt.end());
+  history.insert(history.end(), generated.begin(), generated.end());
+  if (history.empty()) history.push_back(0);  // a one-word upload; nothing reads it
+  Tensor tokens = Scratch(DType::kI32, {static_cast<int64_t>(history.size())});
+  if (tokens.empty()) return status_;
+  CopyFromHost(history.data(), tokens);
+  const int32_t* device_tokens = Ptr<int32_t>(tokens);
+  Check(kernels::SetPenaltyHistory(Ptr<uint32_t>(counts), Int(counts.num_elements()), device_tokens,
+                                   Int(static_cast<int64_t>(prompt.size())), device_tokens + prompt.size(),
+                                   Int(static_cast<int64_t>(generated.size())), stream_),
+        "penalty history");
+  return status_;
 }
 
 }  // namespace mf

@@ -65,6 +65,10 @@ class CudaBackend : public Backend {
                               const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) override;
   void GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void ArgmaxRows(const Tensor& logits, Tensor& tokens) override;
+  bool SupportsSampling() const override { return true; }
+  void SampleRows(const Tensor& logits, const Tensor& params, Tensor* penalty_counts, Tensor& results) override;
+  absl::Status SetPenaltyHistory(Tensor& counts, absl::Span<const int32_t> prompt,
+                                 absl::Span<const int32_t> generated) override;
   // Records `body` as a CUDA graph and replays it (engine/cuda/cuda_graph.cc). Off when
   // MF_CUDA_GRAPHS=0 or MF_CUDA_OP_TIMING is set (per-operation timing needs eager launches).
   absl::Status RunRecorded(std::unique_ptr<RecordedWork>* record, absl::FunctionRef<absl::Status()> body) override;

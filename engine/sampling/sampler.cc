@@ -21,7 +21,7 @@ float Finite(float logit) {
 
 void ApplyPenalties(std::vector<float>& logits, const SamplingParams& params, const TokenHistory& history) {
   if (params.repetition_penalty != 1.0f) {
-    const float penalty = std::clamp(params.repetition_penalty, 1 / kMaxRepetitionPenalty, kMaxRepetitionPenalty);
+    const float penalty = ClampedRepetitionPenalty(params);
     // As in the CTRL paper and common servers: shrink positive logits, grow negative ones.
     for (size_t token = 0; token < history.seen.size() && token < logits.size(); ++token) {
       if (!history.seen[token]) continue;
@@ -67,6 +67,17 @@ std::vector<int32_t> SampleSupport(const std::vector<float>& logits, const Sampl
   return tokens;
 }
 
+float MinPLogitOffset(const SamplingParams& params) { return params.temperature * std::log(params.min_p); }
+
+float ClampedRepetitionPenalty(const SamplingParams& params) {
+  return std::clamp(params.repetition_penalty, 1 / kMaxRepetitionPenalty, kMaxRepetitionPenalty);
+}
+
+absl::Status NonFiniteLogitError(float value, int64_t token) {
+  return absl::InternalError(absl::StrCat("the model produced a non-finite logit (", value, " for token ", token,
+                                          "): its weights or activations overflowed"));
+}
+
 bool PicksArgmax(const SamplingParams& params) { return params.greedy() && PenaltiesOff(params); }
 
 void TokenHistory::Add(int32_t token, bool is_output) {
@@ -91,8 +102,7 @@ void FillLogprobs(const std::vector<float>& raw_logits, int num_top, SampleResul
 absl::StatusOr<SampleResult> Sample(std::vector<float>& logits, const SamplingParams& params,
                                     const TokenHistory& history, std::mt19937_64& rng) {
   if (const size_t bad = FirstNonFinite(logits.data(), logits.size()); bad < logits.size()) {
-    return absl::InternalError(absl::StrCat("the model produced a non-finite logit (", logits[bad], " for token ", bad,
-                                            "): its weights or activations overflowed"));
+    return NonFiniteLogitError(logits[bad], static_cast<int64_t>(bad));
   }
   const bool wants_logprobs = params.chosen_logprob || params.num_logprobs > 0;
   const bool penalised = !PenaltiesOff(params);

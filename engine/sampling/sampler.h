@@ -71,6 +71,14 @@ std::vector<int32_t> SampleSupport(const std::vector<float>& logits, const Sampl
 // penalty changing the logits. Such requests need only the argmax from the model.
 bool PicksArgmax(const SamplingParams& params);
 
+// min-p as a bound on logits: tokens whose logit is below the top one plus this are
+// dropped (the device sampler gets the same float, so both draw the line alike).
+float MinPLogitOffset(const SamplingParams& params);
+float ClampedRepetitionPenalty(const SamplingParams& params);
+
+// The error for a row of logits that is not all finite (a broken model).
+absl::Status NonFiniteLogitError(float value, int64_t token);
+
 // Model log-probabilities: log-softmax of raw logits, the chosen token's and the top n.
 void FillLogprobs(const std::vector<float>& raw_logits, int num_top, SampleResult* result);
 

@@ -154,7 +154,7 @@ const std::vector<WeightedToken>& FilteredCandidates(const std::vector<float>& l
   }
   if (params.min_p > 0) {
     // weight >= min_p x the top weight (exp(0) = 1), as a bound on the logit.
-    const float floor = max_logit + params.temperature * std::log(params.min_p);
+    const float floor = max_logit + MinPLogitOffset(params);
     if (!filtered) {
       for (size_t token = 0; token < logits.size(); ++token) {
         if (logits[token] >= floor) candidates.push_back({logits[token], 0.0f, static_cast<int32_t>(token)});
