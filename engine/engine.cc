@@ -255,6 +255,7 @@ void Engine::PublishStats() {
   stats_.step_seconds = step_seconds_;
   stats_.forward_seconds = forward_seconds_;
   stats_.sampling_seconds = sampling_seconds_;
+  stats_.delivery_seconds = delivery_seconds_;
   stats_.metrics_seconds = metrics_seconds_;
   idle_ = scheduler_->idle() && inbox_.empty();
 }

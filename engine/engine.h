@@ -50,6 +50,7 @@ struct EngineStats {
   double step_seconds = 0;        // total time in engine steps
   double forward_seconds = 0;     // of which the forward pass
   double sampling_seconds = 0;    // of which choosing the next tokens from the logits
+  double delivery_seconds = 0;    // of which handing updates to their callers (the callbacks)
   double metrics_seconds = 0;     // of which recording statistics and metrics
   bool draining = false;
 };
@@ -102,6 +103,8 @@ class Engine {
   std::optional<SampleRowParams> DeviceSampleParams(Sequence& sequence);
   void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
+  // Hands an update to its request's callback, timed (delivery_seconds).
+  void Deliver(Sequence& sequence, GenerationUpdate&& update);
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);
   void FailAll(const absl::Status& status);
   void PublishStats();
@@ -118,7 +121,7 @@ class Engine {
   std::unique_ptr<ExpertStats> expert_stats_;
   std::unique_ptr<WorkerPool> sampling_pool_;
   // Loop thread only; published in stats_.
-  double step_seconds_ = 0, forward_seconds_ = 0, sampling_seconds_ = 0, metrics_seconds_ = 0;
+  double step_seconds_ = 0, forward_seconds_ = 0, sampling_seconds_ = 0, metrics_seconds_ = 0, delivery_seconds_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;  // loop thread only
 
   mutable absl::Mutex mutex_;

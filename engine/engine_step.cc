@@ -162,7 +162,7 @@ void Engine::Postprocess(const SchedulePlan& plan, const ForwardOutput& output) 
     if (sequence.request.sampling.chosen_logprob) update.logprobs.push_back(*samples[i]);
     if (sequence.request.return_routing) update.routing.push_back(RoutingAt(output, output.token_offsets[index + 1] - 1));
     const bool finished = AppendToken(sequence, *samples[i], update);
-    if (!finished) sequence.on_update(std::move(update));
+    if (!finished) Deliver(sequence, std::move(update));
   }
 }
 
@@ -257,6 +257,12 @@ bool Engine::AppendToken(Sequence& sequence, const SampleResult& sample, Generat
   return true;
 }
 
+void Engine::Deliver(Sequence& sequence, GenerationUpdate&& update) {
+  const absl::Time start = absl::Now();
+  sequence.on_update(std::move(update));
+  delivery_seconds_ += Seconds(absl::Now() - start);
+}
+
 void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update) {
   const absl::Time now = absl::Now();
   update.finished = true;
@@ -274,7 +280,7 @@ void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status
   scheduler_->Remove(&sequence);
   if (sequence.penalty_slot >= 0) model_->ReleasePenaltySlot(sequence.penalty_slot);
   if (config_.observer != nullptr) config_.observer->OnRequestFinished(update);
-  sequence.on_update(std::move(update));
+  Deliver(sequence, std::move(update));
   sequences_.erase(sequence.id);
 }
 

@@ -155,6 +155,8 @@ absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
   output.vocab_size = config_.vocab_size;
   const StepInputs inputs = BuildInputs(batch, &output);
   MF_ASSIGN_OR_RETURN(std::shared_ptr<StepBuffers> step, BuffersFor(inputs));
+  step->record_router_logits = batch.record_router_logits;
+  step->router_logits.assign(batch.record_router_logits ? layers_.size() : 0, {});
   step->layout.seq_token_begin = inputs.layout.seq_token_begin;
   step->layout.seq_cached = inputs.layout.seq_cached;
   backend_->CopyFromHost(inputs.packed.data(), step->packed);
@@ -167,6 +169,7 @@ absl::StatusOr<ForwardOutput> Model::Forward(const ForwardBatch& batch) {
     MF_RETURN_IF_ERROR(ReadOutputs(batch, *step, &output));
   }
   SplitRouting(*step, &output);
+  output.router_logits = std::move(step->router_logits);
   MF_RETURN_IF_ERROR(backend_->status());
   return output;
 }
@@ -252,6 +255,11 @@ absl::StatusOr<RoutingPlan> Model::RouteMixture(int layer, Mixture mixture, Step
   const DeviceMixture& gate = mixture == Mixture::kAttention ? weights.attention : weights.mlp;
   MF_ASSIGN_OR_RETURN(Tensor router_logits, Empty({normed.rows(), gate.num_experts}));
   MF_RETURN_IF_ERROR(backend_->RouterLogits(normed, gate.router_w1, gate.router_b1, gate.router_w2, router_logits));
+  if (step.record_router_logits) {
+    std::vector<float>& host = step.router_logits[static_cast<size_t>(layer)][static_cast<size_t>(mixture)];
+    host.resize(static_cast<size_t>(router_logits.num_elements()));
+    backend_->CopyToHostDeferred(router_logits, host.data());
+  }
   RoutingPlan plan;
   if (!step.routing_experts.empty()) {
     const int64_t offset = step.routing_offsets[static_cast<size_t>(layer) * 2 + static_cast<size_t>(mixture)];

@@ -37,6 +37,9 @@ struct SequenceChunk {
 struct ForwardBatch {
   std::vector<SequenceChunk> sequences;
   bool record_routing = false;
+  // Every router's logits for every token (for measuring routing margins; such steps are
+  // never replayed).
+  bool record_router_logits = false;
 };
 
 // One mixture's decisions for every token of the batch, [T, k] in batch order.
@@ -57,6 +60,7 @@ struct ForwardOutput {
   std::vector<int> logit_row_offsets;   // sequence s owns rows [offsets[s], offsets[s+1])
   std::vector<int> token_offsets;       // sequence s owns batch tokens [offsets[s], offsets[s+1])
   std::vector<std::array<MixtureRouting, 2>> routing;  // per layer, indexed by Mixture; when recorded
+  std::vector<std::array<std::vector<float>, 2>> router_logits;  // per layer and Mixture, [T, E]; when recorded
 
   bool has_full_logits(int row) const { return full_row[static_cast<size_t>(row)] >= 0; }
   bool has_device_sample(int row) const { return !sampled.empty() && sampled[static_cast<size_t>(row)] != 0; }

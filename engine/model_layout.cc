@@ -118,7 +118,7 @@ Model::StepInputs Model::BuildInputs(const ForwardBatch& batch, ForwardOutput* o
     const auto* words = reinterpret_cast<const int32_t*>(params.data());
     inputs.packed.insert(inputs.packed.end(), words, words + params.size() * kSampleParamsWords);
   }
-  if (decode) {
+  if (decode && !batch.record_router_logits) {
     // Decode steps have one token and one logit row per sequence; what else shapes
     // their work is the table width and which outputs they produce.
     inputs.replay_key = static_cast<uint64_t>(layout.num_sequences) |

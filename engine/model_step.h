@@ -3,7 +3,9 @@
 // Private to the Model's source files.
 #pragma once
 
+#include <array>
 #include <optional>
+#include <vector>
 
 #include "engine/model.h"
 
@@ -50,6 +52,10 @@ struct Model::StepBuffers {
   Tensor routing_gates;    // [Σ T·k] f32
   std::vector<int64_t> routing_offsets;  // [layer * 2 + mixture]: where its decisions start
   std::unique_ptr<RecordedWork> record;  // the replayable work, when recorded
+  // Every router's logits, when the batch asks for them: [layer][mixture], filled by the
+  // step's deferred downloads.
+  bool record_router_logits = false;
+  std::vector<std::array<std::vector<float>, 2>> router_logits;
 };
 
 }  // namespace mf

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs the CUDA tests, tools and benchmarks with the Debian shared libraries they
 # need (everything but glibc, libstdc++ and CUDA, which a GPU host has), the
-# reference fixtures and the configs into .device/bundle, so they run on a GPU
+# reference fixtures, the demo model and the configs into .device/bundle, so they run on a GPU
 # machine that lacks this project's packages: `bash scripts/gpu_test.sh` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ for bin in "${binaries[@]}"; do
 done
 cp -r "$FIXTURES/reference" "$BUNDLE/fixtures/"
 cp -r configs "$BUNDLE/"
+mkdir -p "$BUNDLE/models" && cp -r models/demo "$BUNDLE/models/"
 du -sh "$BUNDLE"
 # Compressed for transfer (OpenBLAS alone is 35 MB): unpack there with
 #   mkdir -p /tmp/bundle && tar -xJf .device/bundle.tar.xz -C /tmp/bundle

@@ -10,6 +10,7 @@ OUT="${OUT:-/tmp/mf-gpu}"
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 export MF_FIXTURES_DIR="$BUNDLE/fixtures"
+export MF_DEMO_MODEL_DIR="$BUNDLE/models/demo"
 export MF_CUDA_BACKEND="$BUNDLE/libmf_cuda_backend.so"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 status=0

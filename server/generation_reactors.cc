@@ -7,6 +7,7 @@
 #include "server/listener.h"
 #include "server/request_conversion.h"
 #include "server/wire.h"
+#include "server/write_dispatcher.h"
 
 namespace mf::server {
 namespace {
@@ -164,12 +165,24 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Pump();
   }
   void OnCancel() override { request_.Cancel(engine_); }
-  void OnDone() override { delete this; }
+  // gRPC is done with the call; a pump queued on (or running on) the dispatcher deletes
+  // the reactor when it ends.
+  void OnDone() override {
+    bool last = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      done_ = true;
+      last = !pump_queued_ && !pump_running_;
+    }
+    if (last) delete this;
+  }
 
  private:
+  // Engine thread: queues the message, and the stream on the write dispatcher when no
+  // write is under way (one that is picks the message up when it completes).
   void OnUpdate(GenerationUpdate&& update) {
     { absl::MutexLock constructed(&request_.mutex()); }  // waits for the constructor to finish
-    bool pause = false;
+    bool pause = false, post = false;
     {
       absl::MutexLock lock(&mutex_);
       pending_.push_back(Serialize(ToStreamResponse(update)));
@@ -181,9 +194,29 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       } else if (!paused_ && pending_.size() >= kPauseAtUnsent) {
         pause = paused_ = true;
       }
+      post = !writing_ && !pump_queued_;
+      pump_queued_ |= post;
     }
     if (pause) request_.Pause(engine_, true);
+    if (post) WriteDispatcher::Get().Post([this] { PumpQueued(); });
+  }
+
+  // Dispatcher thread. The reactor outlives this call: OnDone leaves its deletion here
+  // while a pump is queued.
+  void PumpQueued() {
+    {
+      absl::MutexLock lock(&mutex_);
+      pump_queued_ = false;
+      pump_running_ = true;
+    }
     Pump();
+    bool last = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      pump_running_ = false;
+      last = done_ && !pump_queued_;
+    }
+    if (last) delete this;
   }
 
   // Keeps the buffered-bytes gauge; every byte added is removed once sent or dropped.
@@ -228,6 +261,9 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   bool finish_called_ ABSL_GUARDED_BY(mutex_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mutex_) = false;
   bool paused_ ABSL_GUARDED_BY(mutex_) = false;
+  bool pump_queued_ ABSL_GUARDED_BY(mutex_) = false;   // a PumpQueued waits on the dispatcher
+  bool pump_running_ ABSL_GUARDED_BY(mutex_) = false;  // a PumpQueued is in Pump
+  bool done_ ABSL_GUARDED_BY(mutex_) = false;          // OnDone was called
   grpc::Status final_status_;
 };
 

@@ -82,6 +82,9 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
     counter("moduleformer_forward_seconds_total", "Time engine steps spent in the forward pass.", stats.forward_seconds);
     counter("moduleformer_sampling_seconds_total", "Time engine steps spent choosing tokens from the logits.",
             stats.sampling_seconds);
+    counter("moduleformer_update_delivery_seconds_total",
+            "Time engine steps spent handing updates to their calls (the stream writes' hand-off).",
+            stats.delivery_seconds);
     counter("moduleformer_metrics_recording_seconds_total",
             "Time engine steps spent recording expert statistics and metrics.", stats.metrics_seconds);
     families.push_back(Family("moduleformer_device_memory_bytes", "Backend memory held, by use.", MetricType::Gauge));

@@ -27,6 +27,11 @@ std::string ReferenceDir(const std::string& name) {
   return dir;
 }
 
+std::string DemoModelDir() {
+  const char* override_dir = std::getenv("MF_DEMO_MODEL_DIR");
+  return override_dir != nullptr ? override_dir : FixturesDir() + "/../../models/demo";
+}
+
 const Tokenizer& Gpt2Tokenizer() {
   static const Tokenizer* tokenizer = [] {
     const std::string dir = FixturesDir() + "/tokenizer/gpt2";

@@ -15,6 +15,8 @@ namespace mf::testing {
 // tests/fixtures (overridable with MF_FIXTURES_DIR).
 std::string FixturesDir();
 std::string ReferenceDir(const std::string& name);
+// The built-in demo model: $MF_DEMO_MODEL_DIR, else the source tree's models/demo.
+std::string DemoModelDir();
 // GPT-2's tokenizer from fixtures/tokenizer/gpt2, loaded once; the test program stops
 // with a message naming the path when it cannot be read.
 const Tokenizer& Gpt2Tokenizer();
