@@ -101,7 +101,7 @@ if [ -n "${SERVING_BENCH:-}" ]; then
   load --requests 768 --prompt-tokens 1024 --max-new-tokens 32 || status=1
   python3 -c "import urllib.request,sys; t=urllib.request.urlopen(sys.argv[1]).read().decode(); \
 print('\n'.join(l for l in t.splitlines() if l.startswith(('moduleformer_engine_','moduleformer_forward_', \
-'moduleformer_sampling_','moduleformer_metrics_recording','moduleformer_preemptions')) and '_bucket' not in l))" \
+'moduleformer_sampling_','moduleformer_metrics_recording','moduleformer_preemptions','moduleformer_update_delivery')) and '_bucket' not in l))" \
     "http://127.0.0.1:$(cat "$work/serving_metrics")/metrics" | tee -a "$OUT/serving.txt" || true
   kill -TERM $server; wait $server || true
 fi
