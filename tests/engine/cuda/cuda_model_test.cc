@@ -78,8 +78,10 @@ TEST_P(CudaModelTest, MatchesReferenceAndCpuBackend) {
 // gate margin (k-th minus (k+1)-th probability) is at least kMarginThreshold agrees, the
 // first flip is at a smaller margin, and until it logits agree within kBf16LogitTolerance.
 // On the demo model (a trained one), greedy continuations are identical.
+// Measured on an H200: every flip on the fixtures came at a margin below 0.001, and logits
+// before the first flip differed by at most 0.032 (the demo model's).
 constexpr double kMarginThreshold = 0.02;
-constexpr double kBf16LogitTolerance = 0.15;
+constexpr double kBf16LogitTolerance = 0.05;
 
 ForwardOutput TeacherForced(Model& model, const std::vector<int32_t>& tokens) {
   auto blocks = model.kv_cache().allocator().Allocate(model.kv_cache().BlocksFor(static_cast<int64_t>(tokens.size())));
