@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/base/worker_pool.h"
 #include "engine/model_loader.h"
@@ -32,6 +33,9 @@ ABSL_FLAG(std::string, prefill_shapes, "",
           "More prefill measurements, as PROMPTSxLENGTH,... (e.g. 2x1024,8x1024: the step sizes a server's "
           "--max-batch-tokens allows)");
 ABSL_FLAG(int32_t, prefill_runs, 5, "Prefill batches timed (the median is reported)");
+ABSL_FLAG(int32_t, mixed_decodes, 0,
+          "Also time each prefill shape with this many decoding sequences (at --context) in the same step, as a "
+          "server's steps mix prompt chunks with running requests");
 ABSL_FLAG(bool, record_routing, true, "Download every layer's routing, as the engine does for expert statistics");
 ABSL_FLAG(bool, full_logits, false,
           "Download every sequence's row of logits, as the engine does for sampled requests (greedy ones take the "
@@ -117,10 +121,16 @@ mf::SampleRowParams DeviceSampling(int s, int draw) {
 
 enum class Sampling { kGreedy, kDevice, kHost };
 
+// One step: `tokens_each` new tokens for every sequence of `batch`, and one for every
+// sequence of `decodes` when given (a mixed step).
 double Run(mf::Model& model, const Batch& batch, int tokens_each, Sampling sampling = Sampling::kGreedy,
-           int draw = 0) {
+           int draw = 0, const Batch* decodes = nullptr) {
   mf::ForwardBatch forward;
   forward.record_routing = absl::GetFlag(FLAGS_record_routing);
+  for (size_t s = 0; decodes != nullptr && s < decodes->tokens.size(); ++s) {
+    forward.sequences.push_back({absl::MakeConstSpan(decodes->tokens[s]).subspan(static_cast<size_t>(decodes->cached[s]), 1),
+                                 decodes->cached[s], decodes->tables[s], /*all_logits=*/false, /*full_logits=*/false});
+  }
   for (size_t s = 0; s < batch.tokens.size(); ++s) {
     mf::SequenceChunk& chunk = forward.sequences.emplace_back(mf::SequenceChunk{
         absl::MakeConstSpan(batch.tokens[s]).subspan(static_cast<size_t>(batch.cached[s]),
@@ -152,6 +162,16 @@ void Profile(bool wanted, bool on) {
   (void)wanted;
   (void)on;
 #endif
+}
+
+// Runs `batch` up to `context` cached tokens per sequence, `chunk` tokens a step.
+void FillContext(mf::Model& model, Batch& batch, int context, int chunk) {
+  for (int filled = 0; filled < context;) {
+    const int tokens = std::min(context - filled, chunk);
+    Run(model, batch, tokens);
+    for (int& cached : batch.cached) cached += tokens;
+    filled += tokens;
+  }
 }
 
 // Median decode step over `steps` timed steps (after two warm-ups), each adding one token
@@ -208,6 +228,8 @@ int main(int argc, char** argv) {
   for (const auto& [count, length] : prefill_shapes) {
     prefill_blocks = std::max<int64_t>(prefill_blocks, static_cast<int64_t>(count) * ((length + 15) / 16));
   }
+  prefill_blocks += static_cast<int64_t>(absl::GetFlag(FLAGS_mixed_decodes)) *
+                    ((context + absl::GetFlag(FLAGS_prefill_runs) + 2 + 15) / 16);
   source.cache.num_blocks = static_cast<int>(
       std::max<int64_t>(largest * ((context + 2 * (steps + 2) + 15) / 16), prefill_blocks) + 16);
   const auto load_start = Clock::now();
@@ -223,30 +245,44 @@ int main(int argc, char** argv) {
   if (source.device.rfind("cuda", 0) == 0) mf::bench::PrintRoofline();
 #endif
 
+  const int mixed_decodes = absl::GetFlag(FLAGS_mixed_decodes);
   for (const auto& [count, length] : prefill_shapes) {  // prefill: all prompts in one ragged batch
     Batch batch = MakeBatch(**model, count, length, 0);
-    Run(**model, batch, length);  // warm-up
-    std::vector<double> times;
-    Profile(absl::GetFlag(FLAGS_profile_prefill), true);
-    for (int run = 0; run < std::max(1, absl::GetFlag(FLAGS_prefill_runs)); ++run) times.push_back(Run(**model, batch, length));
-    Profile(absl::GetFlag(FLAGS_profile_prefill), false);
-    std::sort(times.begin(), times.end());
-    const double median = times[times.size() / 2];
-    std::printf("prefill %d x %d tokens: median %.2f ms (min %.2f, max %.2f), %.0f tokens/s\n", count, length,
-                median * 1e3, times.front() * 1e3, times.back() * 1e3, count * length / median);
+    Batch decodes;
+    if (mixed_decodes > 0) {
+      const int runs = std::max(1, absl::GetFlag(FLAGS_prefill_runs));
+      decodes = MakeBatch(**model, mixed_decodes, context + runs + 1, 0);
+      FillContext(**model, decodes, context, std::max(1, prompts * prompt_length / mixed_decodes));
+    }
+    std::vector<const Batch*> variants = {nullptr};  // the prompts alone, then beside the decodes
+    if (mixed_decodes > 0) variants.push_back(&decodes);
+    for (const Batch* beside : variants) {
+      Run(**model, batch, length, Sampling::kGreedy, 0, beside);  // warm-up
+      std::vector<double> times;
+      Profile(absl::GetFlag(FLAGS_profile_prefill), true);
+      for (int run = 0; run < std::max(1, absl::GetFlag(FLAGS_prefill_runs)); ++run) {
+        times.push_back(Run(**model, batch, length, Sampling::kGreedy, 0, beside));
+        if (beside != nullptr) {
+          for (int& cached : decodes.cached) cached += 1;
+        }
+      }
+      Profile(absl::GetFlag(FLAGS_profile_prefill), false);
+      std::sort(times.begin(), times.end());
+      const double median = times[times.size() / 2];
+      std::printf("prefill %d x %d tokens%s: median %.2f ms (min %.2f, max %.2f), %.0f prompt tokens/s\n", count,
+                  length,
+                  beside != nullptr ? absl::StrCat(" beside ", mixed_decodes, " decodes at context ", context).c_str()
+                                    : "",
+                  median * 1e3, times.front() * 1e3, times.back() * 1e3, count * length / median);
+    }
     Release(**model, batch);
+    if (mixed_decodes > 0) Release(**model, decodes);
   }
   for (int batch_size : batches) {  // decode: one token per sequence per step on top of `context`
     const int timed_tokens = (steps + 2) * (absl::GetFlag(FLAGS_sample) ? 2 : 1);
     Batch batch = MakeBatch(**model, batch_size, context + timed_tokens, 0);
-    for (size_t s = 0; s < batch.tokens.size(); ++s) batch.cached[s] = 0;
     // Fill the context in chunks the size of the prefill measurement.
-    for (int filled = 0; filled < context;) {
-      const int chunk = std::min(context - filled, std::max(1, prompts * prompt_length / batch_size));
-      Run(**model, batch, chunk);
-      for (int& cached : batch.cached) cached += chunk;
-      filled += chunk;
-    }
+    FillContext(**model, batch, context, std::max(1, prompts * prompt_length / batch_size));
     const double greedy = TimeDecode(**model, batch, steps, Sampling::kGreedy);
     std::printf("decode batch %d, context %d: step median %.3f ms, %.0f tokens/s\n", batch_size, context,
                 greedy * 1e3, batch_size / greedy);

@@ -34,6 +34,19 @@ absl::Status Model::Validate(const ForwardBatch& batch) const {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block id ", block, " out of range"));
       }
     }
+    if (chunk.device_sample.has_value()) {
+      if (!SamplesOnDevice()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", s, ": the ", backend_->name(), " backend does not sample on the device"));
+      }
+      const SampleRowParams& params = *chunk.device_sample;
+      if (params.penalty_slot >= kPenaltySlots || params.num_top_logprobs < 0 ||
+          params.num_top_logprobs > kMaxSampleLogprobs) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": device sampling: penalty slot ",
+                                                       params.penalty_slot, " or ", params.num_top_logprobs,
+                                                       " top log-probabilities out of range"));
+      }
+    }
   }
   return absl::OkStatus();
 }

@@ -118,6 +118,10 @@ TEST(ModelTest, RejectsBadBatchesNamingTheProblem) {
   EXPECT_THAT(model->Forward(ForwardBatch{{{good, 0, bad_table}}}).status().message(),
               HasSubstr("block id 7 out of range"));
   EXPECT_THAT(model->Forward(ForwardBatch{{{{}, 0, table}}}).status().message(), HasSubstr("no new tokens"));
+  SequenceChunk sampled{good, 0, table};
+  sampled.device_sample = SampleRowParams{};
+  EXPECT_THAT(model->Forward(ForwardBatch{{sampled}}).status().message(),
+              HasSubstr("the cpu backend does not sample on the device"));
   EXPECT_TRUE(model->Forward(ForwardBatch{{{good, 0, table}}}).ok());
 }
 

@@ -28,6 +28,19 @@ class LifecycleTest(unittest.TestCase):
         finally:
             server.close()
 
+    def test_startup_line_states_backend_precision_sampling_and_cache(self):
+        # The harness passes --kv-cache-mb 64; the CPU backend is always fp32 ("exact").
+        server = harness.Server(harness.reference_dir("molm-tiny"))
+        try:
+            info = server.stub.ModelInfo(pb.ModelInfoRequest(), timeout=10)
+            self.assertEqual(info.max_batch_tokens, 2048)  # the CPU default (8192 on CUDA)
+            with open(server.log_path) as log:
+                text = log.read()
+            self.assertRegex(text, r"cpu backend, exact precision, sampling on the host; KV cache 0\.06 GiB "
+                                   r"\(--kv-cache-mb\): \d+ blocks of 16 tokens, \d+ tokens")
+        finally:
+            server.close()
+
     def test_sigterm_drains_in_flight_requests_and_exits_cleanly(self):
         server = harness.Server(harness.reference_dir("molm-tiny"), "--drain-delay-seconds", "2",
                                 "--drain-grace-seconds", "20")
