@@ -277,28 +277,34 @@ class OpenAiHttpAuthTest(unittest.TestCase):
     def test_a_full_queue_is_429_in_openais_schema(self):
         server = harness.Server(None, "--max-running", "1", "--max-queued", "1")
         held = []
-        try:
+
+        def send():
             body = json.dumps({"prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}).encode()
-            refused = None
-            for _ in range(4):  # one runs, what the queue holds waits, the next is refused
-                client = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
-                client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-                held.append(client)
-                reply = client.makefile("rb")
-                status_line = reply.readline()
-                if b" 429 " in status_line:
-                    while reply.readline() not in (b"\r\n", b""):
-                        pass
-                    refused = reply.read1(65536)
-                    break
-                self.assertIn(b" 200 ", status_line)
-            self.assertIsNotNone(refused, "no request was refused with a full queue")
-            self.assertEqual(json.loads(refused)["error"]["type"], "rate_limit_error")
+            client = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+            client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            held.append(client)
+            return client.makefile("rb")
+
+        def wait_for_load(running, waiting):
             deadline = time.time() + 10  # GetLoad's counts are published after each engine step
-            while (server.load().running_requests, server.load().waiting_requests) != (1, 1):
+            while (server.load().running_requests, server.load().waiting_requests) != (running, waiting):
                 self.assertLess(time.time(), deadline, str(server.load()))
                 time.sleep(0.02)
+
+        try:
+            # One runs; once it does, the next waits in the queue; once it waits, a third is refused
+            # (each waits for the engine: a request counts against the queue until it is scheduled).
+            self.assertIn(b" 200 ", send().readline())
+            wait_for_load(1, 0)
+            self.assertIn(b" 200 ", send().readline())
+            wait_for_load(1, 1)
+            reply = send()
+            self.assertIn(b" 429 ", reply.readline())
+            while reply.readline() not in (b"\r\n", b""):
+                pass
+            self.assertEqual(json.loads(reply.read1(65536))["error"]["type"], "rate_limit_error")
+            wait_for_load(1, 1)
         finally:
             for client in held:
                 client.close()
