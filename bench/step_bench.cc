@@ -3,7 +3,6 @@
 // device's measured limits (copy bandwidth, bf16 GEMM rate) for the ratios.
 #include <algorithm>
 #include <chrono>
-#include <limits>
 #include <random>
 #include <cstdio>
 #include <vector>
@@ -105,20 +104,6 @@ void SampleOnHost(const mf::ForwardOutput& output) {
   });
 }
 
-// The device sampler's parameters for sequence `s` at draw `draw` (as the engine packs them).
-mf::SampleRowParams DeviceSampling(int s, int draw) {
-  const mf::SamplingParams sampling = BenchSampling();
-  mf::SampleRowParams params{};
-  params.temperature = sampling.temperature;
-  params.top_p = sampling.top_p;
-  params.min_p_offset = -std::numeric_limits<float>::infinity();
-  params.repetition_penalty = 1.0f;
-  params.penalty_slot = -1;
-  params.seed_low = static_cast<uint32_t>(s);
-  params.draw_index = static_cast<uint32_t>(draw);
-  return params;
-}
-
 enum class Sampling { kGreedy, kDevice, kHost };
 
 // One step: `tokens_each` new tokens for every sequence of `batch`, and one for every
@@ -137,7 +122,7 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each, Sampling sampl
                                                      static_cast<size_t>(tokens_each)),
         batch.cached[s], batch.tables[s], /*all_logits=*/false,
         absl::GetFlag(FLAGS_full_logits) || sampling == Sampling::kHost});
-    if (sampling == Sampling::kDevice) chunk.device_sample = DeviceSampling(static_cast<int>(s), draw);
+    if (sampling == Sampling::kDevice) chunk.device_sample = mf::PackSampleRow(BenchSampling(), /*seed=*/s, static_cast<uint32_t>(draw), -1);
   }
   const auto start = Clock::now();
   auto output = model.Forward(forward);

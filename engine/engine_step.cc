@@ -1,7 +1,6 @@
 // One engine step after scheduling: the forward pass over the ragged batch, then
 // sampling, detokenization, stop checks and the updates sent to each request.
 #include <algorithm>
-#include <limits>
 
 #include "engine/engine.h"
 
@@ -171,8 +170,7 @@ std::optional<SampleRowParams> Engine::DeviceSampleParams(Sequence& sequence) {
   if (!config_.device_sampling || !model_->SamplesOnDevice() || !NeedsFullLogits(sequence.request)) {
     return std::nullopt;
   }
-  const bool penalised = sampling.repetition_penalty != 1.0f || sampling.presence_penalty != 0.0f ||
-                         sampling.frequency_penalty != 0.0f;
+  const bool penalised = Penalised(sampling);
   if (penalised && sequence.penalty_slot < 0) {
     const auto tokens = absl::MakeConstSpan(sequence.tokens);
     absl::StatusOr<int> slot =
@@ -180,21 +178,8 @@ std::optional<SampleRowParams> Engine::DeviceSampleParams(Sequence& sequence) {
     if (!slot.ok()) return std::nullopt;  // every slot is taken: this row samples on the host
     sequence.penalty_slot = *slot;
   }
-  SampleRowParams params{};
-  params.temperature = sampling.temperature;
-  params.top_p = sampling.top_p;
-  params.min_p_offset = sampling.min_p > 0 ? MinPLogitOffset(sampling) : -std::numeric_limits<float>::infinity();
-  params.repetition_penalty = ClampedRepetitionPenalty(sampling);
-  params.presence_penalty = sampling.presence_penalty;
-  params.frequency_penalty = sampling.frequency_penalty;
-  params.top_k = sampling.top_k;
-  params.num_top_logprobs = std::clamp(sampling.num_logprobs, 0, kMaxSampleLogprobs);
-  params.want_logprob = sampling.chosen_logprob || sampling.num_logprobs > 0;
-  params.penalty_slot = penalised ? sequence.penalty_slot : -1;
-  params.seed_low = static_cast<uint32_t>(sequence.sampling_seed);
-  params.seed_high = static_cast<uint32_t>(sequence.sampling_seed >> 32);
-  params.draw_index = static_cast<uint32_t>(sequence.num_generated());
-  return params;
+  return PackSampleRow(sampling, sequence.sampling_seed, static_cast<uint32_t>(sequence.num_generated()),
+                       penalised ? sequence.penalty_slot : -1);
 }
 
 absl::StatusOr<SampleResult> Engine::SampleRow(Sequence& sequence, const ForwardOutput& output, int row) {

@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "engine/checkpoint/weights.h"
 #include "engine/kv_cache.h"
+#include "engine/sampling/sampler.h"
 
 namespace mf {
 
@@ -33,6 +34,11 @@ struct SequenceChunk {
   // sampled on the device and only its SampleRowResult comes back.
   std::optional<SampleRowParams> device_sample = std::nullopt;
 };
+
+// The device sampler's row for a request's sampling parameters: its seed, the draw (the
+// sequence's count of generated tokens: the same seed and draw give the same token) and its
+// penalty slot (-1: none; needed when Penalised(sampling)).
+SampleRowParams PackSampleRow(const SamplingParams& sampling, uint64_t seed, uint32_t draw_index, int penalty_slot);
 
 struct ForwardBatch {
   std::vector<SequenceChunk> sequences;

@@ -1,5 +1,6 @@
 // Checking a ragged batch and laying it out for the backend.
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
@@ -49,6 +50,24 @@ absl::Status Model::Validate(const ForwardBatch& batch) const {
     }
   }
   return absl::OkStatus();
+}
+
+SampleRowParams PackSampleRow(const SamplingParams& sampling, uint64_t seed, uint32_t draw_index, int penalty_slot) {
+  SampleRowParams params{};
+  params.temperature = sampling.temperature;
+  params.top_p = sampling.top_p;
+  params.min_p_offset = sampling.min_p > 0 ? MinPLogitOffset(sampling) : -std::numeric_limits<float>::infinity();
+  params.repetition_penalty = ClampedRepetitionPenalty(sampling);
+  params.presence_penalty = sampling.presence_penalty;
+  params.frequency_penalty = sampling.frequency_penalty;
+  params.top_k = sampling.top_k;
+  params.num_top_logprobs = std::clamp(sampling.num_logprobs, 0, kMaxSampleLogprobs);
+  params.want_logprob = sampling.chosen_logprob || sampling.num_logprobs > 0;
+  params.penalty_slot = penalty_slot;
+  params.seed_low = static_cast<uint32_t>(seed);
+  params.seed_high = static_cast<uint32_t>(seed >> 32);
+  params.draw_index = draw_index;
+  return params;
 }
 
 namespace {

@@ -8,9 +8,38 @@
 
 #include "engine/checkpoint/safetensors.h"
 #include "engine/text/tokenizer.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/model.h"
+#include "engine/sequence.h"
 
 namespace mf::testing {
+
+// Collects the updates of one engine request: its tokens, its log-probabilities and its
+// final update; Wait() blocks until that arrives.
+struct Collector {
+  absl::Mutex mutex;
+  std::vector<int32_t> tokens;
+  std::vector<SampleResult> logprobs;
+  std::vector<GenerationUpdate> finals;
+  bool done = false;
+
+  UpdateCallback Callback() {
+    return [this](GenerationUpdate&& update) {
+      absl::MutexLock lock(&mutex);
+      tokens.insert(tokens.end(), update.tokens.begin(), update.tokens.end());
+      logprobs.insert(logprobs.end(), update.logprobs.begin(), update.logprobs.end());
+      if (update.finished) {
+        finals.push_back(std::move(update));
+        done = true;
+      }
+    };
+  }
+  GenerationUpdate Wait() {
+    absl::MutexLock lock(&mutex);
+    mutex.Await(absl::Condition(&done));
+    return finals.back();
+  }
+};
 
 // tests/fixtures (overridable with MF_FIXTURES_DIR).
 std::string FixturesDir();

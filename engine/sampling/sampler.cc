@@ -47,10 +47,6 @@ size_t FirstNonFinite(const float* values, size_t count) {
   return index;
 }
 
-bool PenaltiesOff(const SamplingParams& params) {
-  return params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f && params.frequency_penalty == 0.0f;
-}
-
 int32_t Greedy(const std::vector<float>& logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
@@ -78,7 +74,11 @@ absl::Status NonFiniteLogitError(float value, int64_t token) {
                                           "): its weights or activations overflowed"));
 }
 
-bool PicksArgmax(const SamplingParams& params) { return params.greedy() && PenaltiesOff(params); }
+bool Penalised(const SamplingParams& params) {
+  return params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f;
+}
+
+bool PicksArgmax(const SamplingParams& params) { return params.greedy() && !Penalised(params); }
 
 void TokenHistory::Add(int32_t token, bool is_output) {
   if (token < 0) return;
@@ -105,7 +105,7 @@ absl::StatusOr<SampleResult> Sample(std::vector<float>& logits, const SamplingPa
     return NonFiniteLogitError(logits[bad], static_cast<int64_t>(bad));
   }
   const bool wants_logprobs = params.chosen_logprob || params.num_logprobs > 0;
-  const bool penalised = !PenaltiesOff(params);
+  const bool penalised = Penalised(params);
   // Log-probabilities describe the model's own distribution, before penalties. Reused per
   // thread, like the other vocabulary-sized buffers.
   thread_local std::vector<float> raw;

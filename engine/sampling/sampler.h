@@ -67,6 +67,9 @@ absl::StatusOr<SampleResult> SampleFromRow(const float* logits, size_t vocab_siz
 // what top-k, min-p and top-p keep, less any whose weight underflows.
 std::vector<int32_t> SampleSupport(const std::vector<float>& logits, const SamplingParams& params);
 
+// Whether any penalty changes the logits.
+bool Penalised(const SamplingParams& params);
+
 // Whether Sample's token is the raw logits' argmax (lowest id among ties): greedy with no
 // penalty changing the logits. Such requests need only the argmax from the model.
 bool PicksArgmax(const SamplingParams& params);

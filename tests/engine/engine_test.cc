@@ -12,29 +12,7 @@
 namespace mf {
 namespace {
 
-// Collects the updates of one request; waits for its end.
-struct Collector {
-  absl::Mutex mutex;
-  std::vector<int32_t> tokens;
-  std::vector<GenerationUpdate> finals;
-  bool done = false;
-
-  UpdateCallback Callback() {
-    return [this](GenerationUpdate&& update) {
-      absl::MutexLock lock(&mutex);
-      tokens.insert(tokens.end(), update.tokens.begin(), update.tokens.end());
-      if (update.finished) {
-        finals.push_back(std::move(update));
-        done = true;
-      }
-    };
-  }
-  GenerationUpdate Wait() {
-    absl::MutexLock lock(&mutex);
-    mutex.Await(absl::Condition(&done));
-    return finals.back();
-  }
-};
+using testing::Collector;
 
 std::unique_ptr<Engine> MakeEngine(const std::string& fixture, int num_blocks, int max_batch_tokens = 64,
                                    int sampling_threads = 0, int max_waiting = 8) {
@@ -87,8 +65,6 @@ std::vector<std::vector<SampleResult>> SampleBatch(int sampling_threads) {
   constexpr int kRequests = 24;
   auto engine = MakeEngine("molm-tiny", 512, 256, sampling_threads, kRequests);
   std::vector<std::unique_ptr<Collector>> collectors;
-  std::vector<std::vector<SampleResult>> logprobs(kRequests);
-  std::vector<absl::Mutex> mutexes(kRequests);
   for (int r = 0; r < kRequests; ++r) {
     GenerationRequest request;
     request.prompt = {1 + r, 2, 3 + r % 5};
@@ -101,19 +77,13 @@ std::vector<std::vector<SampleResult>> SampleBatch(int sampling_threads) {
     request.sampling.num_logprobs = 2;
     request.sampling.chosen_logprob = true;
     collectors.push_back(std::make_unique<Collector>());
-    UpdateCallback collect = collectors.back()->Callback();
-    auto callback = [collect, &logprobs, &mutexes, r](GenerationUpdate&& update) {
-      {
-        absl::MutexLock lock(&mutexes[static_cast<size_t>(r)]);
-        for (const SampleResult& sample : update.logprobs) logprobs[static_cast<size_t>(r)].push_back(sample);
-      }
-      collect(std::move(update));
-    };
-    EXPECT_TRUE(engine->Submit(request, callback).ok());
+    EXPECT_TRUE(engine->Submit(request, collectors.back()->Callback()).ok());
   }
+  std::vector<std::vector<SampleResult>> logprobs;
   for (int r = 0; r < kRequests; ++r) {
     EXPECT_TRUE(collectors[static_cast<size_t>(r)]->Wait().status.ok());
-    EXPECT_EQ(logprobs[static_cast<size_t>(r)].size(), 12u) << r;
+    logprobs.push_back(collectors[static_cast<size_t>(r)]->logprobs);
+    EXPECT_EQ(logprobs.back().size(), 12u) << r;
   }
   return logprobs;
 }

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
+#include "engine/model.h"
 #include "engine/sampling/sampler.h"
 #include "tests/cuda_test_util.h"
 
@@ -26,22 +28,13 @@ struct Case {
   uint32_t draw_index = 0;
 };
 
+// The engine's packing (engine/backend.h's layout, the kernels' by static_asserts in the CUDA backend).
 kernels::SampleRowParams DeviceParams(const Case& c, int penalty_slot) {
-  kernels::SampleRowParams params{};
-  params.temperature = c.sampling.temperature;
-  params.top_p = c.sampling.top_p;
-  params.min_p_offset = c.sampling.min_p > 0 ? MinPLogitOffset(c.sampling) : -std::numeric_limits<float>::infinity();
-  params.repetition_penalty = ClampedRepetitionPenalty(c.sampling);
-  params.presence_penalty = c.sampling.presence_penalty;
-  params.frequency_penalty = c.sampling.frequency_penalty;
-  params.top_k = c.sampling.top_k;
-  params.num_top_logprobs = c.sampling.num_logprobs;
-  params.want_logprob = c.sampling.chosen_logprob || c.sampling.num_logprobs > 0;
-  params.penalty_slot = penalty_slot;
-  params.seed_low = static_cast<uint32_t>(c.seed);
-  params.seed_high = static_cast<uint32_t>(c.seed >> 32);
-  params.draw_index = c.draw_index;
-  params.enabled = 1;
+  static_assert(sizeof(SampleRowParams) == sizeof(kernels::SampleRowParams));
+  SampleRowParams packed = PackSampleRow(c.sampling, c.seed, c.draw_index, penalty_slot);
+  packed.enabled = 1;
+  kernels::SampleRowParams params;
+  std::memcpy(&params, &packed, sizeof(params));
   return params;
 }
 

@@ -13,29 +13,7 @@
 namespace mf {
 namespace {
 
-struct Collector {
-  absl::Mutex mutex;
-  std::vector<int32_t> tokens;
-  std::vector<SampleResult> logprobs;
-  GenerationUpdate final;
-  bool done = false;
-
-  UpdateCallback Callback() {
-    return [this](GenerationUpdate&& update) {
-      absl::MutexLock lock(&mutex);
-      tokens.insert(tokens.end(), update.tokens.begin(), update.tokens.end());
-      logprobs.insert(logprobs.end(), update.logprobs.begin(), update.logprobs.end());
-      if (update.finished) {
-        final = std::move(update);
-        done = true;
-      }
-    };
-  }
-  void Wait() {
-    absl::MutexLock lock(&mutex);
-    mutex.Await(absl::Condition(&done));
-  }
-};
+using testing::Collector;
 
 std::unique_ptr<Engine> CudaEngine(bool device_sampling) {
   auto weights = LoadWeights(testing::ReferenceDir("molm-tiny"));
@@ -95,7 +73,7 @@ TEST(CudaEngineSamplingTest, SeededDrawsDoNotDependOnTheBatch) {
   for (bool penalties : {false, true}) {
     const GenerationRequest target = Sampled({11, 12, 13, 14, 15, 16, 17}, 42, penalties);
     auto alone = RunBeside(*engine, target, 0);
-    ASSERT_TRUE(alone->final.status.ok()) << alone->final.status;
+    ASSERT_TRUE(alone->finals.back().status.ok()) << alone->finals.back().status;
     ASSERT_EQ(alone->tokens.size(), 24u);
     ASSERT_EQ(alone->logprobs.size(), 24u);
     for (const SampleResult& sample : alone->logprobs) {
@@ -132,7 +110,7 @@ TEST(CudaEngineSamplingTest, PenaltiesFollowTheSequence) {
   request.sampling.repetition_penalty = 1e4f;
   request.max_new_tokens = 30;
   auto result = RunBeside(*engine, request, 2);
-  ASSERT_TRUE(result->final.status.ok()) << result->final.status;
+  ASSERT_TRUE(result->finals.back().status.ok()) << result->finals.back().status;
   std::vector<int32_t> seen = {3, 4, 5, 6};
   for (int32_t token : result->tokens) {
     EXPECT_EQ(std::count(seen.begin(), seen.end(), token), 0) << "token " << token << " repeated";
