@@ -114,6 +114,14 @@ class Backend {
   // Element type of activations, and of the KV cache.
   virtual DType activation_dtype() const = 0;
   virtual DType kv_cache_dtype() const { return activation_dtype(); }
+  // The type of a mixture's hidden activations ([num_slots, hidden]: the first expert
+  // product's output and the second's input). A backend whose second product reads them
+  // in a narrower type anyway may keep them so: the activation and the narrowing then
+  // happen in one pass and the second product reads them as they are.
+  virtual DType expert_hidden_dtype(int64_t num_slots) const {
+    (void)num_slots;
+    return activation_dtype();
+  }
   // Memory the backend could still allocate (device memory, or host RAM for the CPU).
   virtual absl::StatusOr<int64_t> FreeMemoryBytes() const = 0;
   // The first failure of an asynchronous operation, if any (sticky).

@@ -240,7 +240,8 @@ absl::Status Model::RunMlp(int layer, StepBuffers& step, Tensor& hidden) {
                       normed);
   MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kMlp, step, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
-  MF_ASSIGN_OR_RETURN(Tensor inner, Empty({num_slots, weights.mlp.expert_hidden}));
+  MF_ASSIGN_OR_RETURN(Tensor inner, backend_->Allocate(backend_->expert_hidden_dtype(num_slots),
+                                                       {num_slots, weights.mlp.expert_hidden}));
   backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.mlp.experts_in, ExpertActivation::kGeluNew,
                        inner);
   MF_ASSIGN_OR_RETURN(Tensor expert_out, Empty({num_slots, config_.n_embd}));

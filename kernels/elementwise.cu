@@ -1,6 +1,7 @@
 #include "kernels/elementwise.h"
 
 #include "kernels/activations.cuh"
+#include "kernels/vector_io.cuh"
 
 namespace mf::kernels {
 namespace {
@@ -17,11 +18,13 @@ __global__ void EmbedKernel(const __nv_bfloat16* __restrict__ table, const int32
   }
 }
 
-// One block per row; two passes over the row (mean, then centred variance), as the CPU reference does.
+// One block per row; two passes over the row (mean, then centred variance), as the CPU
+// reference does. Rows whose width is a multiple of four move as float4.
 __global__ void LayerNormKernel(const float* __restrict__ x, const float* __restrict__ weight,
                                 const float* __restrict__ bias, float eps, int width, float* __restrict__ out) {
   __shared__ float partial[32];
   const float* row = x + static_cast<int64_t>(blockIdx.x) * width;
+  float* destination = out + static_cast<int64_t>(blockIdx.x) * width;
   auto block_sum = [&](float value) {
     for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
     if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = value;
@@ -31,33 +34,69 @@ __global__ void LayerNormKernel(const float* __restrict__ x, const float* __rest
     __syncthreads();
     return total;
   };
+  if (width % 4 == 0) {
+    float sum = 0;
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) {
+      const float4 v = Load4(row + c);
+      sum += (v.x + v.y) + (v.z + v.w);
+    }
+    const float mean = block_sum(sum) / width;
+    float squares = 0;
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) {
+      const float4 v = Map4(Load4(row + c), [mean](float value) { return value - mean; });
+      squares += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+    }
+    const float inv_std = rsqrtf(block_sum(squares) / width + eps);
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) {
+      const float4 v = Load4(row + c), w = Load4(weight + c), b = Load4(bias + c);
+      Store4(destination + c, make_float4((v.x - mean) * inv_std * w.x + b.x, (v.y - mean) * inv_std * w.y + b.y,
+                                          (v.z - mean) * inv_std * w.z + b.z, (v.w - mean) * inv_std * w.w + b.w));
+    }
+    return;
+  }
   float sum = 0;
   for (int c = threadIdx.x; c < width; c += blockDim.x) sum += row[c];
   const float mean = block_sum(sum) / width;
   float squares = 0;
   for (int c = threadIdx.x; c < width; c += blockDim.x) squares += (row[c] - mean) * (row[c] - mean);
   const float inv_std = rsqrtf(block_sum(squares) / width + eps);
-  for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    out[static_cast<int64_t>(blockIdx.x) * width + c] = (row[c] - mean) * inv_std * weight[c] + bias[c];
-  }
+  for (int c = threadIdx.x; c < width; c += blockDim.x) destination[c] = (row[c] - mean) * inv_std * weight[c] + bias[c];
 }
 
+// out row i = bf16(activation(x row rows[i])); whole rows in 4-wide pieces when the width allows.
+template <bool kGeluNew>
 __global__ void GatherToBf16Kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int width,
                                    __nv_bfloat16* __restrict__ out) {
   const int64_t source = rows == nullptr ? blockIdx.x : rows[blockIdx.x];
-  for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    out[static_cast<int64_t>(blockIdx.x) * width + c] = __float2bfloat16(x[source * width + c]);
+  const float* in = x + source * width;
+  __nv_bfloat16* destination = out + static_cast<int64_t>(blockIdx.x) * width;
+  auto activation = [](float value) { return kGeluNew ? GeluNewValue(value) : value; };
+  if (width % 4 == 0) {
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) Store4(destination + c, Map4(Load4(in + c), activation));
+    return;
   }
+  for (int c = threadIdx.x; c < width; c += blockDim.x) destination[c] = __float2bfloat16(activation(in[c]));
 }
 
 __global__ void GatherToBf16SplitKernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int num_rows,
                                         int width, __nv_bfloat16* __restrict__ out) {
   const int64_t source = rows == nullptr ? blockIdx.x : rows[blockIdx.x];
+  const float* in = x + source * width;
+  __nv_bfloat16* high_row = out + static_cast<int64_t>(blockIdx.x) * width;
+  __nv_bfloat16* low_row = out + (static_cast<int64_t>(num_rows) + blockIdx.x) * width;
+  auto remainder = [](float value) { return value - __bfloat162float(__float2bfloat16(value)); };
+  if (width % 4 == 0) {
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) {
+      const float4 value = Load4(in + c);
+      Store4(high_row + c, value);
+      Store4(low_row + c, Map4(value, remainder));
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    const float value = x[source * width + c];
-    const __nv_bfloat16 high = __float2bfloat16(value);
-    out[static_cast<int64_t>(blockIdx.x) * width + c] = high;
-    out[(static_cast<int64_t>(num_rows) + blockIdx.x) * width + c] = __float2bfloat16(value - __bfloat162float(high));
+    const float value = in[c];
+    high_row[c] = __float2bfloat16(value);
+    low_row[c] = __float2bfloat16(remainder(value));
   }
 }
 
@@ -93,13 +132,29 @@ __global__ void CombineExpertsKernel(const float* __restrict__ slot_out, const f
                                      const int32_t* __restrict__ token_slots, int top_k, int width,
                                      float* __restrict__ residual) {
   const int token = blockIdx.x;
+  float* destination = residual + static_cast<int64_t>(token) * width;
+  if (width % 4 == 0) {
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) {
+      float4 mixture = make_float4(0, 0, 0, 0);
+      for (int rank = 0; rank < top_k; ++rank) {
+        const int index = token * top_k + rank;
+        const float gate = gates[index];
+        const float4 v = Load4(slot_out + static_cast<int64_t>(token_slots[index]) * width + c);
+        mixture = make_float4(mixture.x + gate * v.x, mixture.y + gate * v.y, mixture.z + gate * v.z,
+                              mixture.w + gate * v.w);
+      }
+      const float4 r = Load4(destination + c);
+      Store4(destination + c, make_float4(r.x + mixture.x, r.y + mixture.y, r.z + mixture.z, r.w + mixture.w));
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < width; c += blockDim.x) {
     float mixture = 0;
     for (int rank = 0; rank < top_k; ++rank) {
       const int index = token * top_k + rank;
       mixture += gates[index] * slot_out[static_cast<int64_t>(token_slots[index]) * width + c];
     }
-    residual[static_cast<int64_t>(token) * width + c] += mixture;
+    destination[c] += mixture;
   }
 }
 
@@ -119,7 +174,12 @@ cudaError_t LayerNorm(const float* x, const float* weight, const float* bias, fl
 
 cudaError_t GatherToBf16(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
                          cudaStream_t stream) {
-  if (num_rows > 0) GatherToBf16Kernel<<<num_rows, kThreads, 0, stream>>>(x, rows, width, out);
+  if (num_rows > 0) GatherToBf16Kernel<false><<<num_rows, kThreads, 0, stream>>>(x, rows, width, out);
+  return cudaGetLastError();
+}
+
+cudaError_t GeluNewToBf16(const float* x, int num_rows, int width, __nv_bfloat16* out, cudaStream_t stream) {
+  if (num_rows > 0) GatherToBf16Kernel<true><<<num_rows, kThreads, 0, stream>>>(x, nullptr, width, out);
   return cudaGetLastError();
 }
 

@@ -19,6 +19,9 @@ cudaError_t LayerNorm(const float* x, const float* weight, const float* bias, fl
 // out[i] = bf16(x[rows[i]]) (or of x[i] when rows is null).
 cudaError_t GatherToBf16(const float* x, const int32_t* rows, int num_rows, int width, __nv_bfloat16* out,
                          cudaStream_t stream);
+// out[i] = bf16(gelu_new(x[i])) over [num_rows, width]: an expert product's activation and
+// its narrowing to the next product's input in one pass.
+cudaError_t GeluNewToBf16(const float* x, int num_rows, int width, __nv_bfloat16* out, cudaStream_t stream);
 // Splits each (gathered) row into two bf16 rows whose sum is the fp32 value to ~16
 // bits: out[i] = bf16(v), out[num_rows + i] = bf16(v - bf16(v)). A GEMM over both
 // halves, summed, gives fp32-accurate activations with bf16 weights.

@@ -1,5 +1,8 @@
 #include "kernels/prefill_attention.h"
 #include "kernels/stick_breaking.cuh"
+#include "kernels/vector_io.cuh"
+
+#include <type_traits>
 
 namespace mf::kernels {
 namespace {
@@ -10,22 +13,41 @@ constexpr int kWarps = kThreads / 32;
 __device__ float ToFloat(__nv_bfloat16 value) { return __bfloat162float(value); }
 __device__ float ToFloat(float value) { return value; }
 
+// Copies a row of `width` values, converting to the destination's type: 4-wide when
+// `vectorized` (the caller checked widths and offsets), else one value per thread.
+template <typename From, typename To>
+__device__ __forceinline__ void CopyRow(const From* __restrict__ source, To* __restrict__ destination, int width,
+                                        bool vectorized) {
+  if (vectorized) {
+    for (int c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) Store4(destination + c, Load4(source + c));
+    return;
+  }
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    if constexpr (std::is_same_v<To, float>) {
+      destination[c] = ToFloat(source[c]);
+    } else {
+      destination[c] = __float2bfloat16(ToFloat(source[c]));
+    }
+  }
+}
+
 __global__ void GatherQueriesKernel(const float* __restrict__ queries, const int32_t* __restrict__ token_slots,
                                     int width, __nv_bfloat16* __restrict__ q) {
   const int row = blockIdx.x;
-  const float* source = queries + static_cast<int64_t>(token_slots[row]) * width;
-  __nv_bfloat16* destination = q + static_cast<int64_t>(row) * width;
-  for (int c = threadIdx.x; c < width; c += blockDim.x) destination[c] = __float2bfloat16(source[c]);
+  CopyRow(queries + static_cast<int64_t>(token_slots[row]) * width, q + static_cast<int64_t>(row) * width, width,
+          width % 4 == 0);
 }
 
+// Block (j, s): position j of sequence first + s, whose keys start `length` rows after the previous one's.
 template <typename CacheT>
 __global__ void GatherKeysKernel(const CacheT* __restrict__ cache, int row_width, int column,
-                                 const int32_t* __restrict__ block_table, int block_size, int width,
+                                 const int32_t* __restrict__ block_tables, int table_stride, int block_size, int width,
                                  __nv_bfloat16* __restrict__ keys) {
-  const int j = blockIdx.x;
-  const CacheT* source = cache + CacheRow(block_table, block_size, j) * row_width + column;
-  __nv_bfloat16* destination = keys + static_cast<int64_t>(j) * width;
-  for (int c = threadIdx.x; c < width; c += blockDim.x) destination[c] = __float2bfloat16(ToFloat(source[c]));
+  const int j = blockIdx.x, sequence = blockIdx.y;
+  const int32_t* table = block_tables + static_cast<int64_t>(sequence) * table_stride;
+  const CacheT* source = cache + CacheRow(table, block_size, j) * row_width + column;
+  __nv_bfloat16* destination = keys + (static_cast<int64_t>(sequence) * gridDim.x + j) * width;
+  CopyRow(source, destination, width, width % 4 == 0 && row_width % 4 == 0 && column % 4 == 0);
 }
 
 // One warp per row of logits, 32 keys at a time from the query's own position backwards:
@@ -72,9 +94,8 @@ __global__ void ScatterSlotsKernel(const float* __restrict__ o, const int32_t* _
                                    int min_new_tokens, int top_k, int width, float* __restrict__ out) {
   const int row = blockIdx.x;
   if (seq_new_tokens[token_seq[row / top_k]] < min_new_tokens) return;
-  const float* source = o + static_cast<int64_t>(row) * width;
-  float* destination = out + static_cast<int64_t>(token_slots[row]) * width;
-  for (int c = threadIdx.x; c < width; c += blockDim.x) destination[c] = source[c];
+  CopyRow(o + static_cast<int64_t>(row) * width, out + static_cast<int64_t>(token_slots[row]) * width, width,
+          width % 4 == 0);
 }
 
 }  // namespace
@@ -86,11 +107,14 @@ cudaError_t GatherQueries(const float* queries, const int32_t* token_slots, int 
 }
 
 template <typename CacheT>
-cudaError_t GatherKeys(const CacheT* cache, int row_width, int column, const int32_t* block_table, int block_size,
-                       int length, int width, __nv_bfloat16* keys, cudaStream_t stream) {
-  if (length > 0) {
-    GatherKeysKernel<CacheT><<<length, kThreads, 0, stream>>>(cache, row_width, column, block_table, block_size, width,
-                                                              keys);
+cudaError_t GatherKeys(const CacheT* cache, int row_width, int column, const int32_t* block_tables, int table_stride,
+                       int num_sequences, int block_size, int length, int width, __nv_bfloat16* keys,
+                       cudaStream_t stream) {
+  if (length > 0 && num_sequences > 0) {
+    if (num_sequences > 65535) return cudaErrorInvalidValue;
+    const dim3 grid(static_cast<unsigned>(length), static_cast<unsigned>(num_sequences));
+    GatherKeysKernel<CacheT><<<grid, kThreads, 0, stream>>>(cache, row_width, column, block_tables, table_stride,
+                                                            block_size, width, keys);
   }
   return cudaGetLastError();
 }
@@ -114,9 +138,9 @@ cudaError_t ScatterSlots(const float* o, const int32_t* token_slots, const int32
   return cudaGetLastError();
 }
 
-template cudaError_t GatherKeys<__nv_bfloat16>(const __nv_bfloat16*, int, int, const int32_t*, int, int, int,
-                                              __nv_bfloat16*, cudaStream_t);
-template cudaError_t GatherKeys<float>(const float*, int, int, const int32_t*, int, int, int, __nv_bfloat16*,
+template cudaError_t GatherKeys<__nv_bfloat16>(const __nv_bfloat16*, int, int, const int32_t*, int, int, int, int,
+                                              int, __nv_bfloat16*, cudaStream_t);
+template cudaError_t GatherKeys<float>(const float*, int, int, const int32_t*, int, int, int, int, int, __nv_bfloat16*,
                                        cudaStream_t);
 
 }  // namespace mf::kernels

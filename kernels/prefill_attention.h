@@ -17,10 +17,13 @@ namespace mf::kernels {
 cudaError_t GatherQueries(const float* queries, const int32_t* token_slots, int num_tokens, int top_k, int width,
                           __nv_bfloat16* q, cudaStream_t stream);
 
-// keys[j] = cache row of position j of a sequence (columns [column, column + width)), for j < length.
+// keys[s * length + j] = cache row of position j of sequence s (columns [column, column +
+// width)), for j < length and each of `num_sequences` sequences of equal length whose block
+// tables sit `table_stride` apart: one launch for a run of same-length prompts.
 template <typename CacheT>
-cudaError_t GatherKeys(const CacheT* cache, int row_width, int column, const int32_t* block_table, int block_size,
-                       int length, int width, __nv_bfloat16* keys, cudaStream_t stream);
+cudaError_t GatherKeys(const CacheT* cache, int row_width, int column, const int32_t* block_tables, int table_stride,
+                       int num_sequences, int block_size, int length, int width, __nv_bfloat16* keys,
+                       cudaStream_t stream);
 
 // One GEMM problem's rows of logits: `rows` queries whose first sits at position
 // `first_position` (the next top_k rows share each position), over `keys` keys.

@@ -21,6 +21,9 @@ using cuda::Ptr;
 constexpr int kMinGemmTokens = 16;
 // Logits held at once (fp32, plus two bf16 weight matrices): 24 M elements, 192 MB.
 constexpr int64_t kMaxRoundElements = 24LL << 20;
+// Partial outputs of the decodes' key splits in a step that also carries prompt chunks:
+// 64 M floats (256 MB) at most.
+constexpr int64_t kMaxMixedPartialFloats = 64LL << 20;
 
 }  // namespace
 
@@ -58,8 +61,24 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
     args.seq_new_tokens = Ptr<int32_t>(layout.seq_new_tokens);
     args.skip_min_new_tokens = kMinGemmTokens;
   }
-  args.num_splits = kernels::AttentionSplits(args.num_tokens, args.top_k, args.num_heads, args.head_dim,
+  // Key splits for the tokens the paged kernel serves: beside prompt chunks (which it skips)
+  // only the decodes count, or 256 decodes beside 8,192 prompt tokens would get one split.
+  int paged_tokens = args.num_tokens;
+  if (prompt_gemms) {
+    paged_tokens = 0;
+    for (int s = 0; s < layout.num_sequences; ++s) {
+      const int num_new = layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
+      if (num_new < kMinGemmTokens) paged_tokens += num_new;
+    }
+  }
+  args.num_splits = kernels::AttentionSplits(paged_tokens, args.top_k, args.num_heads, args.head_dim,
                                              layout.max_blocks_per_sequence * layout.block_size);
+  if (prompt_gemms) {
+    // Partials are indexed by slot, so they cover the skipped prompt slots too.
+    const int64_t floats_per_split = static_cast<int64_t>(args.num_slots) * args.num_heads * args.head_dim;
+    args.num_splits = static_cast<int>(
+        std::clamp<int64_t>(kMaxMixedPartialFloats / floats_per_split, 1, std::max(args.num_splits, 1)));
+  }
   Tensor partial_out, partial_mass;
   if (args.num_splits > 1) {
     const int64_t partials = static_cast<int64_t>(args.num_slots) * args.num_heads * args.num_splits;
@@ -109,19 +128,29 @@ void CudaBackend::PromptAttention(const Tensor& queries, const RoutingPlan& plan
   Tensor keys = Scratch(DType::kBF16, {total_keys, width});
   Tensor values = shape.kv_identity ? keys : Scratch(DType::kBF16, {total_keys, width});
   if (keys.empty() || values.empty()) return;
-  for (int s = 0; s < layout.num_sequences; ++s) {
+  // One gather per run of consecutive prompt sequences of equal length (their keys are
+  // consecutive too): a batch of same-length prompts is one launch.
+  for (int s = 0; s < layout.num_sequences;) {
     const int64_t offset = key_offsets[static_cast<size_t>(s)];
-    if (offset < 0) continue;
     const int length = layout.seq_cached[s] + layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
-    const int32_t* table = Ptr<int32_t>(layout.block_tables) + static_cast<int64_t>(s) * layout.max_blocks_per_sequence;
-    Check(kernels::GatherKeys(cache, row_width, 0, table, layout.block_size, length, width,
-                              Ptr<__nv_bfloat16>(keys) + offset * width, stream_),
-          "gather keys");
-    if (!shape.kv_identity) {
-      Check(kernels::GatherKeys(cache, row_width, value_column, table, layout.block_size, length, width,
-                                Ptr<__nv_bfloat16>(values) + offset * width, stream_),
-            "gather values");
+    int run = 1;
+    while (offset >= 0 && s + run < layout.num_sequences && key_offsets[static_cast<size_t>(s + run)] >= 0 &&
+           layout.seq_cached[s + run] + layout.seq_token_begin[s + run + 1] - layout.seq_token_begin[s + run] == length) {
+      ++run;
     }
+    if (offset >= 0) {
+      const int32_t* tables = Ptr<int32_t>(layout.block_tables) + static_cast<int64_t>(s) * layout.max_blocks_per_sequence;
+      Check(kernels::GatherKeys(cache, row_width, 0, tables, layout.max_blocks_per_sequence, run, layout.block_size,
+                                length, width, Ptr<__nv_bfloat16>(keys) + offset * width, stream_),
+            "gather keys");
+      if (!shape.kv_identity) {
+        Check(kernels::GatherKeys(cache, row_width, value_column, tables, layout.max_blocks_per_sequence, run,
+                                  layout.block_size, length, width, Ptr<__nv_bfloat16>(values) + offset * width,
+                                  stream_),
+              "gather values");
+      }
+    }
+    s += run;
   }
 
   // Rounds of pieces whose logits fit the budget together.
@@ -161,37 +190,89 @@ void CudaBackend::RunPromptRound(const kernels::WeightPieces& round, const std::
   Tensor high = Scratch(DType::kBF16, {elements});
   Tensor low = Scratch(DType::kBF16, {elements});
   if (logits.empty() || high.empty() || low.empty()) return;
-  const int heads = round.heads;
-  const float one = 1.0f, zero = 0.0f;
-  // Row-major S[rows, keys] = Q·Kᵀ per head is column-major Sᵀ = K·Qᵀ: K read transposed.
-  for (int i = 0; i < round.count; ++i) {
-    const kernels::WeightPiece& piece = round.pieces[i];
-    const int64_t first_row = members[i].first_q_row, key_offset = members[i].key_offset;
-    Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, piece.keys, piece.rows, head_dim, &one,
-                                     Ptr<__nv_bfloat16>(keys) + key_offset * width, CUDA_R_16BF, width, head_dim,
-                                     Ptr<__nv_bfloat16>(q) + first_row * width, CUDA_R_16BF, width, head_dim, &zero,
-                                     Ptr<float>(logits) + piece.offset, CUDA_R_32F, piece.keys,
-                                     static_cast<int64_t>(piece.rows) * piece.keys, heads, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT),
-          "prompt attention logits");
+  // Consecutive pieces of one shape, equally spaced in every operand, make one batched
+  // GEMM (a batch of same-length prompts: three GEMMs a layer instead of three a prompt).
+  for (int first = 0; first < round.count;) {
+    const int count = UniformPieceRun(round, members, first);
+    RunPromptGemms(round, members, first, count, q, keys, values, head_dim, width, logits, nullptr, nullptr, o);
+    first += count;
   }
   Check(kernels::StickBreakingWeights(round, max_rows, Ptr<float>(logits), Ptr<__nv_bfloat16>(high),
                                       Ptr<__nv_bfloat16>(low), stream_),
         "stick-breaking weights");
-  // Row-major O[rows, head_dim] = W·V is column-major Oᵀ = Vᵀ·Wᵀ, both read as stored;
-  // the remainder half of W accumulates onto the first product.
-  for (int i = 0; i < round.count; ++i) {
-    const kernels::WeightPiece& piece = round.pieces[i];
-    const int64_t first_row = members[i].first_q_row, key_offset = members[i].key_offset;
-    for (const Tensor* weights : {&high, &low}) {
-      Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, head_dim, piece.rows, piece.keys, &one,
-                                       Ptr<__nv_bfloat16>(values) + key_offset * width, CUDA_R_16BF, width,
-                                       head_dim, Ptr<__nv_bfloat16>(*weights) + piece.offset, CUDA_R_16BF, piece.keys,
-                                       static_cast<int64_t>(piece.rows) * piece.keys,
-                                       weights == &high ? &zero : &one, Ptr<float>(o) + first_row * width, CUDA_R_32F,
-                                       width, head_dim, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-            "prompt attention outputs");
-    }
+  for (int first = 0; first < round.count;) {
+    const int count = UniformPieceRun(round, members, first);
+    RunPromptGemms(round, members, first, count, q, keys, values, head_dim, width, logits, &high, &low, o);
+    first += count;
+  }
+}
+
+int CudaBackend::UniformPieceRun(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members,
+                                 int first) {
+  // Batched over pieces, heads must be the only other dimension: with one head, pieces are.
+  if (round.heads != 1) return 1;
+  const kernels::WeightPiece& head = round.pieces[first];
+  int count = 1;
+  while (first + count < round.count) {
+    const kernels::WeightPiece& next = round.pieces[first + count];
+    const PromptPiece& previous_member = members[static_cast<size_t>(first + count - 1)];
+    const PromptPiece& next_member = members[static_cast<size_t>(first + count)];
+    const bool same_shape = next.rows == head.rows && next.keys == head.keys;
+    // Spacing of the next piece after the previous one, equal to the run's first step.
+    const bool evenly_spaced =
+        count == 1 ||
+        (next.offset - round.pieces[first + count - 1].offset == round.pieces[first + 1].offset - head.offset &&
+         next_member.key_offset - previous_member.key_offset ==
+             members[static_cast<size_t>(first + 1)].key_offset - members[static_cast<size_t>(first)].key_offset &&
+         next_member.first_q_row - previous_member.first_q_row ==
+             members[static_cast<size_t>(first + 1)].first_q_row - members[static_cast<size_t>(first)].first_q_row);
+    if (!same_shape || !evenly_spaced) break;
+    ++count;
+  }
+  return count;
+}
+
+void CudaBackend::RunPromptGemms(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members,
+                                 int first, int count, const Tensor& q, const Tensor& keys, const Tensor& values,
+                                 int head_dim, int width, const Tensor& logits, const Tensor* high, const Tensor* low,
+                                 Tensor& o) {
+  const kernels::WeightPiece& piece = round.pieces[first];
+  const PromptPiece& member = members[static_cast<size_t>(first)];
+  // The batch runs over heads of one piece, or over the run's pieces (one head): strides
+  // between batch entries in each operand.
+  const bool over_pieces = count > 1;
+  const int batch = over_pieces ? count : round.heads;
+  const int64_t head_logits = static_cast<int64_t>(piece.rows) * piece.keys;
+  int64_t key_stride = head_dim, q_stride = head_dim, logit_stride = head_logits;
+  if (over_pieces) {
+    const PromptPiece& second = members[static_cast<size_t>(first + 1)];
+    key_stride = (second.key_offset - member.key_offset) * width;
+    q_stride = (second.first_q_row - member.first_q_row) * width;
+    logit_stride = round.pieces[first + 1].offset - piece.offset;
+  }
+  const __nv_bfloat16* key_rows = Ptr<__nv_bfloat16>(keys) + member.key_offset * width;
+  const __nv_bfloat16* value_rows = Ptr<__nv_bfloat16>(values) + member.key_offset * width;
+  const float one = 1.0f, zero = 0.0f;
+  if (high == nullptr) {
+    // Row-major S[rows, keys] = Q·Kᵀ is column-major Sᵀ = K·Qᵀ: K read transposed.
+    Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, piece.keys, piece.rows, head_dim, &one,
+                                     key_rows, CUDA_R_16BF, width, key_stride,
+                                     Ptr<__nv_bfloat16>(q) + member.first_q_row * width, CUDA_R_16BF, width, q_stride,
+                                     &zero, Ptr<float>(logits) + piece.offset, CUDA_R_32F, piece.keys, logit_stride,
+                                     batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "prompt attention logits");
+    return;
+  }
+  // Row-major O[rows, head_dim] = W·V is column-major Oᵀ = Vᵀ·Wᵀ, both read as stored; the
+  // remainder half of W accumulates onto the first product.
+  for (const Tensor* weights : {high, low}) {
+    Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, head_dim, piece.rows, piece.keys, &one,
+                                     value_rows, CUDA_R_16BF, width, key_stride,
+                                     Ptr<__nv_bfloat16>(*weights) + piece.offset, CUDA_R_16BF, piece.keys,
+                                     logit_stride, weights == high ? &zero : &one,
+                                     Ptr<float>(o) + member.first_q_row * width, CUDA_R_32F, width, q_stride, batch,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "prompt attention outputs");
   }
 }
 

@@ -46,6 +46,15 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
       cublasSetWorkspace(backend->cublas_, backend->cublas_workspace_, kCublasWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) {
     return absl::ResourceExhaustedError("cuda: cannot allocate the cuBLAS workspace");
   }
+  if (cublasLtCreate(&backend->cublas_lt_) != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError("cuda: cannot initialise cuBLASLt");
+  }
+  // MF_CUDA_SEGMENT_GEMM=cublas runs expert segments through cublasGemmEx (for comparison).
+  const char* segments = std::getenv("MF_CUDA_SEGMENT_GEMM");
+  if (segments == nullptr || std::string(segments) != "cublas") {
+    backend->segment_gemm_ =
+        std::make_unique<SegmentGemm>(backend->cublas_lt_, backend->cublas_workspace_, kCublasWorkspaceBytes);
+  }
   const char* graphs = std::getenv("MF_CUDA_GRAPHS");
   backend->graphs_enabled_ = !backend->timer_->enabled() && (graphs == nullptr || std::string(graphs) != "0");
   // Step buffers come from the stream-ordered pool; keep freed memory in the pool.
@@ -62,6 +71,8 @@ CudaBackend::~CudaBackend() {
   if (staging_ != nullptr) cudaFreeHost(staging_);
   for (void* buffer : retired_staging_) cudaFreeHost(buffer);
   timer_.reset();
+  segment_gemm_.reset();
+  if (cublas_lt_ != nullptr) cublasLtDestroy(cublas_lt_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);

@@ -11,6 +11,7 @@
 // decisions may flip.
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -20,6 +21,7 @@
 
 #include "engine/backend.h"
 #include "engine/cuda/cuda_op_timer.h"
+#include "engine/cuda/segment_gemm.h"
 #include "kernels/prefill_attention.h"
 
 namespace mf {
@@ -36,6 +38,9 @@ class CudaBackend : public Backend {
   DType kv_cache_dtype() const override {
     return precision_ == CudaPrecision::kExact ? DType::kF32 : DType::kBF16;
   }
+  // bf16 mode keeps a mixture's hidden activations in bf16 where the second product runs
+  // on tensor cores (it reads bf16 anyway); the split-reduction GEMV reads fp32.
+  DType expert_hidden_dtype(int64_t num_slots) const override;
   absl::Status status() const override { return status_; }
   absl::StatusOr<int64_t> FreeMemoryBytes() const override;
 
@@ -103,12 +108,20 @@ class CudaBackend : public Backend {
   void RunPromptRound(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members, int max_rows,
                       int64_t elements, const Tensor& q, const Tensor& keys, const Tensor& values, int head_dim,
                       int width, Tensor& o);
+  // How many pieces from `first` can share one batched GEMM (same shape, even spacing).
+  static int UniformPieceRun(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members, int first);
+  // Logits (high == nullptr) or outputs (W = high + low) of pieces [first, first + count).
+  void RunPromptGemms(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members, int first,
+                      int count, const Tensor& q, const Tensor& keys, const Tensor& values, int head_dim, int width,
+                      const Tensor& logits, const Tensor* high, const Tensor* low, Tensor& o);
 
   int device_ = 0;
   CudaPrecision precision_ = CudaPrecision::kExact;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublas_lt_ = nullptr;
   void* cublas_workspace_ = nullptr;
+  std::unique_ptr<SegmentGemm> segment_gemm_;  // null: segments through cublasGemmEx
   bool graphs_enabled_ = true;
   int64_t graphs_replayed_ = 0;
   absl::Status status_;

@@ -98,12 +98,21 @@ Tensor CudaBackend::ToGemmInput(const Tensor& x, const int32_t* gather_rows, int
   return input;
 }
 
+DType CudaBackend::expert_hidden_dtype(int64_t num_slots) const {
+  return precision_ == CudaPrecision::kBf16 && num_slots > kMaxGemvSlots ? DType::kBF16 : DType::kF32;
+}
+
 void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
                              ExpertActivation activation, Tensor& out) {
   CudaOpTimer::Scope scope(*timer_, "expert_gemm");
   const int in = Int(experts.shape[1]), out_features = Int(experts.shape[2]);
   const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   const int32_t* gather = gather_by_token ? Ptr<int32_t>(plan.slot_tokens) : nullptr;
+  const bool bf16_in = x.dtype == DType::kBF16, bf16_out = out.dtype == DType::kBF16;
+  if ((bf16_in || bf16_out) && (slots <= kMaxGemvSlots || num_halves() != 1 || (bf16_in && gather_by_token))) {
+    Check(cudaErrorInvalidValue, "expert gemm: bf16 hidden activations outside the bf16 tensor-core path");
+    return;
+  }
   if (slots <= kMaxGemvSlots) {
     // The GEMV kernel converts, gathers and splits the fp32 activations itself, and applies
     // the activation with its reduction.
@@ -116,31 +125,46 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
           "expert gemv");
     return;
   }
-  Tensor input = ToGemmInput(x, gather, Int(slots), in);
-  if (input.empty()) return;
+  // A bf16 hidden input (the MLP's second product) is already the GEMM's input.
+  Tensor input = bf16_in ? x : ToGemmInput(x, gather, Int(slots), in);
+  // Products accumulate in fp32; a bf16 output is narrowed from them (with the activation) after.
+  Tensor product = bf16_out ? Scratch(DType::kF32, {slots, out_features}) : out;
+  if (input.empty() || product.empty()) return;
+  bool activation_pending = activation == ExpertActivation::kGeluNew;
   if (slots < MinCublasSlots()) {
     // The grouped kernel applies the activation on its way out.
-    const auto epilogue =
-        activation == ExpertActivation::kGeluNew ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
+    const auto epilogue = activation_pending ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
     Check(kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
                              Ptr<int32_t>(plan.expert_offsets), plan.num_experts, Ptr<__nv_bfloat16>(experts),
-                             out_features, epilogue, Ptr<float>(out), stream_),
+                             out_features, epilogue, Ptr<float>(product), stream_),
           "expert mma");
-    return;
+    activation_pending = false;
+  } else {
+    Tensor halves = num_halves() == 1 ? product : Scratch(DType::kF32, {2 * slots, out_features});
+    if (halves.empty()) return;
+    ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
+    if (num_halves() == 2) {
+      Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(product), stream_), "sum halves");
+    }
   }
-  Tensor halves = num_halves() == 1 ? out : Scratch(DType::kF32, {2 * slots, out_features});
-  if (halves.empty()) return;
-  ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
-  if (num_halves() == 2) {
-    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(out), stream_), "sum halves");
-  }
-  if (activation == ExpertActivation::kGeluNew) {
+  if (bf16_out) {
+    Check(activation_pending ? kernels::GeluNewToBf16(Ptr<float>(product), Int(slots), out_features,
+                                                      Ptr<__nv_bfloat16>(out), stream_)
+                             : kernels::GatherToBf16(Ptr<float>(product), nullptr, Int(slots), out_features,
+                                                     Ptr<__nv_bfloat16>(out), stream_),
+          "expert output to bf16");
+  } else if (activation_pending) {
     Check(kernels::GeluNew(Ptr<float>(out), out.num_elements(), stream_), "gelu_new");
   }
 }
 
 void CudaBackend::ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k,
                                     const void* weight, int n, float* out, int64_t half_stride_out) {
+  if (segment_gemm_ != nullptr &&
+      segment_gemm_->Run(input, half_stride_in, rows, k, static_cast<const __nv_bfloat16*>(weight), n, out,
+                         half_stride_out, num_halves(), stream_) == CUBLAS_STATUS_SUCCESS) {
+    return;
+  }
   const float one = 1.0f, zero = 0.0f;
   // Row-major out[rows, n] = in[rows, k] · W[k, n] is column-major outᵀ = Wᵀ · inᵀ, both read as stored;
   // the halves are a batch sharing W.

@@ -79,6 +79,10 @@ TEST_F(CudaBackendTest, LinearLayerNormAndActivations) {
       backend->LayerNorm(input, scale, scale, 1e-5f, normed);
       Tensor result = *backend->Allocate(DType::kF32, {rows, out});
       backend->Linear(normed, weight, &bias, result);
+      // And a LayerNorm of an odd width (the kernels' one-value-at-a-time path).
+      Tensor renormed = *backend->Allocate(DType::kF32, {rows, out});
+      backend->LayerNorm(result, bias, bias, 1e-5f, renormed);
+      result = renormed;
       backend->GeluNew(result);
       backend->GeluExact(result);
       results.push_back(Read(*backend, result));
@@ -133,10 +137,11 @@ TEST_F(CudaBackendTest, ArgmaxRowsPicksTheLowestIdAmongTies) {
   EXPECT_EQ(results[1][4], vocab - 1);
 }
 
-// Up to 32 tokens (64 slots) take the split-reduction GEMV kernel; 2048 and more (4096
-// slots) per-expert cuBLAS GEMMs; in between, the grouped
-// tensor-core kernel, whose tile height follows the mean segment (40, 100, 200 and 300
-// tokens give 16, 32, 64 and 128 rows). The width (72) leaves partial tiles in k and n.
+// Up to 32 tokens (64 slots) take the split-reduction GEMV kernel; 6144 and more (12,288
+// slots) per-expert cuBLASLt GEMMs; in between, the grouped tensor-core kernel, whose tile
+// height follows the mean segment (40, 100, 200 and 300 tokens give 16, 32, 64 and 128
+// rows). The width (72) leaves partial tiles in k and n. The MLP's hidden activations are
+// kept as the backend asks (bf16 on the tensor-core paths in bf16 mode).
 class CudaExpertTest : public CudaBackendTest, public ::testing::WithParamInterface<int> {};
 
 TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
@@ -160,7 +165,7 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
     backend->CopyToHost(plan.expert_offsets, plan_offsets.data());
     offsets.push_back(plan_offsets);
     Tensor input = OnBoth(*backend, {tokens, width}, x);
-    Tensor inner = *backend->Allocate(DType::kF32, {tokens * top_k, hidden});
+    Tensor inner = *backend->Allocate(backend->expert_hidden_dtype(tokens * top_k), {tokens * top_k, hidden});
     backend->ExpertGemm(input, plan, true, *backend->UploadWeight(HostF32({experts, width, hidden}, w_in), WeightUse::kMatrix),
                         ExpertActivation::kGeluNew, inner);
     Tensor projected = *backend->Allocate(DType::kF32, {tokens * top_k, width});
@@ -181,7 +186,7 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
   EXPECT_LT(MaxError(results[2], results[0]), 2e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(2100, 2000, 300, 200, 100, 40, 20, 1));
+INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(6200, 2100, 2000, 300, 200, 100, 40, 20, 1));
 
 struct AttentionCase {
   std::vector<int> lengths;
@@ -294,6 +299,9 @@ TEST_P(CudaAttentionTest, MatchesCpuOnRaggedPagedBatches) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                          ::testing::Values(AttentionCase{{1}, 1, 64, true}, AttentionCase{{1, 7, 100, 513}, 4, 16, false},
                                            AttentionCase{{1500, 33}, 1, 1024, true},
+                                           // runs of equal prompts share batched GEMMs and key gathers
+                                           AttentionCase{{64, 64, 64, 64, 200}, 1, 128, true},
+                                           AttentionCase{{90, 90, 90, 17}, 1, 64, false, 40},
                                            // 4096 prompt tokens x 2 slots x 2 heads: logits cut into query chunks
                                            AttentionCase{{4096, 1, 700}, 2, 32, false},
                                            AttentionCase{{700, 300, 17}, 1, 128, true, 200},  // prompt chunks after a history
