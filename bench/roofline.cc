@@ -8,7 +8,7 @@
 
 namespace mf::bench {
 
-void PrintRoofline() {
+Roofline MeasureRoofline() {
   cudaDeviceProp properties{};
   cudaGetDeviceProperties(&properties, 0);
   const size_t bytes = size_t{2} << 30;
@@ -60,6 +60,7 @@ void PrintRoofline() {
   cudaFree(c);
   std::printf("device %s: copy bandwidth %.0f GB/s, bf16 GEMM %.0f TFLOP/s (cuBLAS, %d^3)\n", properties.name,
               bandwidth / 1e9, flops / 1e12, n);
+  return {bandwidth, flops};
 }
 
 }  // namespace mf::bench

@@ -30,6 +30,9 @@ ALLOWED = {
     "core": {"base", "text", "sampling", "checkpoint", "backend_interface", "cpu", "core"},
     # Users of the engine reach a backend only through engine/model_loader.h.
     "users": {"base", "text", "sampling", "checkpoint", "backend_interface", "core", "users", "proto"},
+    # Benchmarks of the CUDA backend's parts (bench/cuda/) measure kernels and the backend's
+    # cuBLAS plans directly, as its tests do; nothing of the serving core.
+    "device_bench": {"base", "checkpoint", "backend_interface", "cuda", "kernels", "device_bench"},
 }
 ENGINE_SUBFOLDERS = {"base", "text", "sampling", "checkpoint", "cpu", "cuda"}
 
@@ -45,6 +48,8 @@ def layer_of(path: str):
         return "unknown engine folder"
     if parts[0] == "kernels":
         return "kernels"
+    if parts[0] == "bench" and len(parts) > 2 and parts[1] == "cuda":
+        return "device_bench"
     if parts[0] in {"server", "tools", "bench"}:
         return "users"
     if parts[0] == "proto" or path.endswith(".pb.h"):
@@ -95,6 +100,9 @@ class LayeringTest(unittest.TestCase):
         self.assertEqual(layer_of("engine/model.h"), "core")
         self.assertEqual(layer_of("engine/backend.h"), "backend_interface")
         self.assertNotIn("cpu", ALLOWED[layer_of("server/service.cc")])
+        self.assertNotIn("cuda", ALLOWED[layer_of("bench/step_bench.cc")])
+        self.assertEqual(layer_of("bench/cuda/new.cu"), "device_bench")
+        self.assertNotIn("core", ALLOWED[layer_of("bench/cuda/new.cu")])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 // the same data beside one dense GEMM of the same FLOPs (the ceiling a grouped product can
 // approach), and checked against the per-expert cuBLAS result.
 //
-//   bench/expert_gemm_bench [--tokens 16384] [--skew 0]
+//   bench/expert_gemm_bench [--tokens 16384] [--skew 0]   (built into build/bench/)
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
