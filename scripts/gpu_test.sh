@@ -67,6 +67,16 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --sample --host-sampling --sampling-threads 8 \
     --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches 1,256 --context 512 --prefill-prompts 0 2>&1 \
     | sed 's/^/host sampling: /' | tee -a "$OUT/step_bench.txt" || status=1
+  # Prefill at several shapes, alone and beside 256 decodes (mixed steps), each with its
+  # ratio to the bf16 GEMM rate measured in the same run; MoLM-700M-8B at 32 x 512.
+  "$BUNDLE/bench/step_bench" --device cuda --random-weights "$BUNDLE/configs/molm-350m-4b.json" --decode-batches= \
+    --context 1024 --mixed-decodes 256 --prefill-shapes 32x512,256x128,4x4096,8x1024,2x1024 2>&1 \
+    | sed 's/^/prefill shapes: /' | tee -a "$OUT/step_bench.txt" || status=1
+  "$BUNDLE/bench/step_bench" --device cuda --random-weights "$BUNDLE/configs/molm-700m-8b.json" --decode-batches= \
+    --prefill-shapes 32x512 2>&1 | sed 's/^/molm-700m-8b: /' | tee -a "$OUT/step_bench.txt" || status=1
+  # Expert product options on one prompt-sized mixture (per-expert cuBLAS with known and
+  # changing segment sizes, the cuBLASLt plans the backend uses, grouped kernels, dense).
+  "$BUNDLE/bench/expert_gemm_bench" --tokens 16384 2>&1 | tee "$OUT/expert_gemm_bench.txt" || status=1
   # Where the time goes (CUDA events per backend operation), one workload at a time.
   if [ -n "${OP_TIMING:-}" ]; then
     for workload in "--decode-batches 1 --prefill-prompts 0" "--decode-batches 256 --prefill-prompts 0" \
