@@ -64,7 +64,6 @@ const SegmentGemm::Plan& SegmentGemm::FindPlan(const Key& key) {
   if (found != plans_.end()) return found->second;
   Plan& plan = plans_[key];
   const auto [n, k, batch, row_class] = key;
-  ++heuristic_queries_;
   // The algorithm is chosen for the class's largest segment and must accept any smaller one.
   Layouts layouts(row_class, k, n, batch, static_cast<int64_t>(row_class) * k, static_cast<int64_t>(row_class) * n);
   cublasLtMatmulPreference_t preference = nullptr;

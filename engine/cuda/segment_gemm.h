@@ -35,9 +35,6 @@ class SegmentGemm {
   cublasStatus_t Run(const __nv_bfloat16* in, int64_t in_batch_stride, int rows, int k, const __nv_bfloat16* weight,
                      int n, float* out, int64_t out_batch_stride, int batch, cudaStream_t stream);
 
-  // Heuristic queries so far (one per shape class seen).
-  int64_t heuristic_queries() const { return heuristic_queries_; }
-
  private:
   using Key = std::tuple<int, int, int, int>;  // n, k, batch, row class
   struct Plan {
@@ -51,7 +48,6 @@ class SegmentGemm {
   size_t workspace_bytes_;
   cublasLtMatmulDesc_t desc_ = nullptr;
   std::map<Key, Plan> plans_;
-  int64_t heuristic_queries_ = 0;
 };
 
 }  // namespace mf
