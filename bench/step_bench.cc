@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/step_work.h"
 #include "engine/base/worker_pool.h"
 #include "engine/model_loader.h"
 #include "engine/sampling/sampler.h"
@@ -110,7 +111,7 @@ enum class Sampling { kGreedy, kDevice, kHost };
 // One step: `tokens_each` new tokens for every sequence of `batch`, and one for every
 // sequence of `decodes` when given (a mixed step).
 double Run(mf::Model& model, const Batch& batch, int tokens_each, Sampling sampling = Sampling::kGreedy,
-           int draw = 0, const Batch* decodes = nullptr) {
+           int draw = 0, const Batch* decodes = nullptr, mf::ForwardOutput* kept = nullptr) {
   mf::ForwardBatch forward;
   forward.record_routing = absl::GetFlag(FLAGS_record_routing);
   for (size_t s = 0; decodes != nullptr && s < decodes->tokens.size(); ++s) {
@@ -132,7 +133,9 @@ double Run(mf::Model& model, const Batch& batch, int tokens_each, Sampling sampl
     std::exit(1);
   }
   if (sampling == Sampling::kHost) SampleOnHost(*output);
-  return Seconds(start);
+  const double seconds = Seconds(start);
+  if (kept != nullptr) *kept = *std::move(output);
+  return seconds;
 }
 
 // Profilers attached with collection off record the timed steps only (after warm-ups).
@@ -189,19 +192,30 @@ std::vector<std::pair<int, int>> PrefillShapes(int prompts, int prompt_length) {
   return shapes;
 }
 
-// FLOPs a prompt token needs (2 per multiply-add): its attention experts' query and output
-// projections, the K/V projections when the model has them, its MLP experts, both routers,
-// and stick-breaking attention of each attention slot over `mean_keys` keys (logits and
-// outputs). The lm_head runs once per prompt and is left out. For MoLM-350M-4B at 512-token
-// prompts: ~0.68 GFLOP.
-double PrefillFlopsPerToken(const mf::ModelConfig& config, double mean_keys) {
-  const double d = static_cast<double>(config.n_embd), att = static_cast<double>(config.att_hidden);
-  const double gate = static_cast<double>(config.gating_size);
-  double per_layer = 2.0 * config.k_att * (d * att + att * d) + 2.0 * config.k_mlp * 2.0 * d * config.ffd_hidden;
-  if (!config.kv_is_identity()) per_layer += 2.0 * 2.0 * d * att;
-  per_layer += 2.0 * (2.0 * d * gate) + 2.0 * gate * (config.n_att_experts + config.n_mlp_experts);
-  per_layer += 2.0 * config.k_att * 2.0 * mean_keys * att;
-  return per_layer * static_cast<double>(config.n_layer);
+// What a decode step of `batch` must move (one more step, routing recorded), and the
+// measured step time against that at the copy bandwidth.
+void PrintDecodeFloor(mf::Model& model, Batch& batch, double step_seconds, double copy_bytes_per_second) {
+  mf::ForwardOutput output;
+  int64_t cached_rows = 0;
+  for (int cached : batch.cached) cached_rows += cached;
+  Run(model, batch, 1, Sampling::kGreedy, 0, nullptr, &output);
+  for (int& cached : batch.cached) cached += 1;
+  if (output.routing.empty()) return;  // --record-routing=false
+  mf::Backend& backend = model.backend();
+  const mf::bench::StoredSizes sizes{static_cast<int>(backend.StoredBytesPerWeight(mf::WeightUse::kMatrix)),
+                                     static_cast<int>(backend.StoredBytesPerWeight(mf::WeightUse::kRouter)),
+                                     static_cast<int>(mf::DTypeSize(backend.kv_cache_dtype()))};
+  const mf::bench::DecodeStepBytes bytes = mf::bench::DecodeStepFloor(
+      model.config(), output.routing, cached_rows, static_cast<int>(batch.cached.size()), sizes);
+  std::string floor;
+  if (copy_bytes_per_second > 0) {
+    // The floor: those bytes at the copy's measured rate (bytes read + written per second).
+    const double floor_seconds = bytes.total() / copy_bytes_per_second;
+    floor = absl::StrFormat(": %.3f ms at %.0f GB/s, the step runs at %.1f%% of that floor", floor_seconds * 1e3,
+                            copy_bytes_per_second / 1e9, 100 * floor_seconds / step_seconds);
+  }
+  std::printf("  must move %.3f GB (experts %.3f, KV cache %.3f, lm_head %.3f, other %.3f)%s\n", bytes.total() / 1e9,
+              bytes.experts / 1e9, bytes.kv_cache / 1e9, bytes.lm_head / 1e9, bytes.other / 1e9, floor.c_str());
 }
 
 void Release(mf::Model& model, const Batch& batch) {
@@ -242,9 +256,14 @@ int main(int argc, char** argv) {
   std::printf("model %s%s on %s: %.2f GB weights, %.2f GB KV cache, built in %.1f s\n", source.random_config.c_str(), source.model_dir.c_str(),
               source.device.c_str(), (*model)->weight_bytes() / 1e9, (*model)->kv_cache().memory_bytes() / 1e9,
               Seconds(load_start));
-  double gemm_flops_per_second = 0;  // the device's measured tensor-core rate, for ratios
+  // The device's measured limits, for ratios (zero on the CPU: no ratios printed).
+  double gemm_flops_per_second = 0, copy_bytes_per_second = 0;
 #ifdef MF_WITH_CUDA
-  if (source.device.rfind("cuda", 0) == 0) gemm_flops_per_second = mf::bench::MeasureRoofline().gemm_flops_per_second;
+  if (source.device.rfind("cuda", 0) == 0) {
+    const mf::bench::Roofline roofline = mf::bench::MeasureRoofline();
+    gemm_flops_per_second = roofline.gemm_flops_per_second;
+    copy_bytes_per_second = roofline.copy_bytes_per_second;
+  }
 #endif
 
   const int mixed_decodes = absl::GetFlag(FLAGS_mixed_decodes);
@@ -274,7 +293,7 @@ int main(int argc, char** argv) {
       const double tokens_per_second = count * length / median;
       std::string ratio;
       if (gemm_flops_per_second > 0) {
-        const double flops = tokens_per_second * PrefillFlopsPerToken((*model)->config(), (length + 1) / 2.0);
+        const double flops = tokens_per_second * mf::bench::PrefillFlopsPerToken((*model)->config(), (length + 1) / 2.0);
         ratio = absl::StrFormat(", %.0f TFLOP/s = %.1f%% of the bf16 GEMM rate", flops / 1e12,
                                 100 * flops / gemm_flops_per_second);
       }
@@ -288,13 +307,15 @@ int main(int argc, char** argv) {
     if (mixed_decodes > 0) Release(**model, decodes);
   }
   for (int batch_size : batches) {  // decode: one token per sequence per step on top of `context`
-    const int timed_tokens = (steps + 2) * (absl::GetFlag(FLAGS_sample) ? 2 : 1);
+    // The timed steps, then one more whose routing says which experts a step reads.
+    const int timed_tokens = (steps + 2) * (absl::GetFlag(FLAGS_sample) ? 2 : 1) + 1;
     Batch batch = MakeBatch(**model, batch_size, context + timed_tokens, 0);
     // Fill the context in chunks the size of the prefill measurement.
     FillContext(**model, batch, context, std::max(1, prompts * prompt_length / batch_size));
     const double greedy = TimeDecode(**model, batch, steps, Sampling::kGreedy);
     std::printf("decode batch %d, context %d: step median %.3f ms, %.0f tokens/s\n", batch_size, context,
                 greedy * 1e3, batch_size / greedy);
+    PrintDecodeFloor(**model, batch, greedy, copy_bytes_per_second);
     if (absl::GetFlag(FLAGS_sample)) {
       const bool on_device = (*model)->SamplesOnDevice() && !absl::GetFlag(FLAGS_host_sampling);
       const double sampled = TimeDecode(**model, batch, steps, on_device ? Sampling::kDevice : Sampling::kHost);
