@@ -1,14 +1,11 @@
 // Stick-breaking attention on the CUDA backend. Decode tokens (and every token in exact
 // mode) go through the paged-attention kernel; in bf16 mode, sequences adding a prompt
-// chunk go through tensor cores: logits and outputs as cuBLAS GEMMs per sequence and
-// head, stick-breaking weights in between (kernels/prefill_attention.h).
+// chunk go through tensor cores (engine/cuda/cuda_prompt_attention.cc).
 #include <algorithm>
-#include <cmath>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_tensor.h"
 #include "kernels/attention.h"
-#include "kernels/prefill_attention.h"
 
 namespace mf {
 namespace {
@@ -16,11 +13,6 @@ namespace {
 using cuda::Int;
 using cuda::Ptr;
 
-// Sequences adding at least this many tokens take the GEMM path: below it, the paged
-// kernel reads each key once per query anyway and the GEMMs would be mostly padding.
-constexpr int kMinGemmTokens = 16;
-// Logits held at once (fp32, plus two bf16 weight matrices): 24 M elements, 192 MB.
-constexpr int64_t kMaxRoundElements = 24LL << 20;
 // Partial outputs of the decodes' key splits in a step that also carries prompt chunks:
 // 64 M floats (256 MB) at most.
 constexpr int64_t kMaxMixedPartialFloats = 64LL << 20;
@@ -30,7 +22,7 @@ constexpr int64_t kMaxMixedPartialFloats = 64LL << 20;
 bool CudaBackend::UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const {
   if (precision_ != CudaPrecision::kBf16 || layer_cache.dtype != DType::kBF16) return false;
   for (size_t s = 0; s + 1 < layout.seq_token_begin.size(); ++s) {
-    if (layout.seq_token_begin[s + 1] - layout.seq_token_begin[s] >= kMinGemmTokens) return true;
+    if (layout.seq_token_begin[s + 1] - layout.seq_token_begin[s] >= kMinPromptGemmTokens) return true;
   }
   return false;
 }
@@ -59,7 +51,7 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
   args.max_blocks = layout.max_blocks_per_sequence;
   if (prompt_gemms) {
     args.seq_new_tokens = Ptr<int32_t>(layout.seq_new_tokens);
-    args.skip_min_new_tokens = kMinGemmTokens;
+    args.skip_min_new_tokens = kMinPromptGemmTokens;
   }
   // Key splits for the tokens the paged kernel serves: beside prompt chunks (which it skips)
   // only the decodes count, or 256 decodes beside 8,192 prompt tokens would get one split.
@@ -68,7 +60,7 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
     paged_tokens = 0;
     for (int s = 0; s < layout.num_sequences; ++s) {
       const int num_new = layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
-      if (num_new < kMinGemmTokens) paged_tokens += num_new;
+      if (num_new < kMinPromptGemmTokens) paged_tokens += num_new;
     }
   }
   args.num_splits = kernels::AttentionSplits(paged_tokens, args.top_k, args.num_heads, args.head_dim,
@@ -92,188 +84,6 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
                                          : kernels::StickBreakingAttention<__nv_bfloat16>(args, stream_),
         "attention");
   if (prompt_gemms) PromptAttention(queries, plan, layout, layer_cache, shape, out);
-}
-
-void CudaBackend::PromptAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
-                                  const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) {
-  const int num_tokens = layout.num_tokens, top_k = plan.top_k;
-  const int heads = shape.num_heads, head_dim = shape.head_dim, width = heads * head_dim;
-  const int row_width = Int(layer_cache.cols()), value_column = shape.kv_identity ? 0 : width;
-  const auto* cache = Ptr<__nv_bfloat16>(layer_cache);
-  // Queries in token order ([token * top_k + rank]), where each sequence's are contiguous.
-  Tensor q = Scratch(DType::kBF16, {static_cast<int64_t>(num_tokens) * top_k, width});
-  Tensor o = Scratch(DType::kF32, {static_cast<int64_t>(num_tokens) * top_k, width});
-  if (q.empty() || o.empty()) return;
-  Check(kernels::GatherQueries(Ptr<float>(queries), Ptr<int32_t>(plan.token_slots), num_tokens, top_k, width,
-                               Ptr<__nv_bfloat16>(q), stream_),
-        "gather queries");
-
-  // Each prompt sequence's whole history (cached and new), keys and values, as bf16 rows.
-  std::vector<PromptPiece> pieces;
-  std::vector<int64_t> key_offsets(static_cast<size_t>(layout.num_sequences), -1);
-  int64_t total_keys = 0;
-  for (int s = 0; s < layout.num_sequences; ++s) {
-    const int num_new = layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
-    if (num_new < kMinGemmTokens) continue;
-    const int64_t keys = layout.seq_cached[s] + num_new;
-    key_offsets[static_cast<size_t>(s)] = total_keys;
-    total_keys += keys;
-    // Long prompts are cut into query chunks so one chunk's logits fit a round.
-    const int64_t chunk = std::max<int64_t>(1, kMaxRoundElements / (static_cast<int64_t>(top_k) * heads * keys));
-    for (int first = 0; first < num_new; first += static_cast<int>(chunk)) {
-      const int end = static_cast<int>(std::min<int64_t>(num_new, first + chunk));
-      pieces.push_back({s, first, end, total_keys - keys, (layout.seq_token_begin[s] + first) * int64_t{top_k}});
-    }
-  }
-  Tensor keys = Scratch(DType::kBF16, {total_keys, width});
-  Tensor values = shape.kv_identity ? keys : Scratch(DType::kBF16, {total_keys, width});
-  if (keys.empty() || values.empty()) return;
-  // One gather per run of consecutive prompt sequences of equal length (their keys are
-  // consecutive too): a batch of same-length prompts is one launch.
-  for (int s = 0; s < layout.num_sequences;) {
-    const int64_t offset = key_offsets[static_cast<size_t>(s)];
-    const int length = layout.seq_cached[s] + layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
-    int run = 1;
-    while (offset >= 0 && s + run < layout.num_sequences && key_offsets[static_cast<size_t>(s + run)] >= 0 &&
-           layout.seq_cached[s + run] + layout.seq_token_begin[s + run + 1] - layout.seq_token_begin[s + run] == length) {
-      ++run;
-    }
-    if (offset >= 0) {
-      const int32_t* tables = Ptr<int32_t>(layout.block_tables) + static_cast<int64_t>(s) * layout.max_blocks_per_sequence;
-      Check(kernels::GatherKeys(cache, row_width, 0, tables, layout.max_blocks_per_sequence, run, layout.block_size,
-                                length, width, Ptr<__nv_bfloat16>(keys) + offset * width, stream_),
-            "gather keys");
-      if (!shape.kv_identity) {
-        Check(kernels::GatherKeys(cache, row_width, value_column, tables, layout.max_blocks_per_sequence, run,
-                                  layout.block_size, length, width, Ptr<__nv_bfloat16>(values) + offset * width,
-                                  stream_),
-              "gather values");
-      }
-    }
-    s += run;
-  }
-
-  // Rounds of pieces whose logits fit the budget together.
-  size_t next = 0;
-  while (next < pieces.size()) {
-    kernels::WeightPieces round;
-    round.heads = heads;
-    round.top_k = top_k;
-    round.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    int64_t elements = 0;
-    int max_rows = 0;
-    std::vector<PromptPiece> members;
-    while (next < pieces.size() && round.count < kernels::kMaxWeightPieces) {
-      const PromptPiece& piece = pieces[next];
-      const int rows = (piece.end_token - piece.first_token) * top_k;
-      const int num_keys = layout.seq_cached[piece.seq] + piece.end_token;
-      const int64_t size = static_cast<int64_t>(rows) * heads * num_keys;
-      if (round.count > 0 && elements + size > kMaxRoundElements) break;
-      round.pieces[round.count++] = {elements, rows, num_keys, layout.seq_cached[piece.seq] + piece.first_token};
-      elements += size;
-      max_rows = std::max(max_rows, rows);
-      members.push_back(piece);
-      ++next;
-    }
-    RunPromptRound(round, members, max_rows, elements, q, keys, values, head_dim, width, o);
-  }
-  Check(kernels::ScatterSlots(Ptr<float>(o), Ptr<int32_t>(plan.token_slots), Ptr<int32_t>(layout.token_seq),
-                              Ptr<int32_t>(layout.seq_new_tokens), kMinGemmTokens, num_tokens, top_k, width,
-                              Ptr<float>(out), stream_),
-        "scatter attention");
-}
-
-void CudaBackend::RunPromptRound(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members,
-                                 int max_rows, int64_t elements, const Tensor& q, const Tensor& keys,
-                                 const Tensor& values, int head_dim, int width, Tensor& o) {
-  Tensor logits = Scratch(DType::kF32, {elements});
-  Tensor high = Scratch(DType::kBF16, {elements});
-  Tensor low = Scratch(DType::kBF16, {elements});
-  if (logits.empty() || high.empty() || low.empty()) return;
-  // Consecutive pieces of one shape, equally spaced in every operand, make one batched
-  // GEMM (a batch of same-length prompts: three GEMMs a layer instead of three a prompt).
-  for (int first = 0; first < round.count;) {
-    const int count = UniformPieceRun(round, members, first);
-    RunPromptGemms(round, members, first, count, q, keys, values, head_dim, width, logits, nullptr, nullptr, o);
-    first += count;
-  }
-  Check(kernels::StickBreakingWeights(round, max_rows, Ptr<float>(logits), Ptr<__nv_bfloat16>(high),
-                                      Ptr<__nv_bfloat16>(low), stream_),
-        "stick-breaking weights");
-  for (int first = 0; first < round.count;) {
-    const int count = UniformPieceRun(round, members, first);
-    RunPromptGemms(round, members, first, count, q, keys, values, head_dim, width, logits, &high, &low, o);
-    first += count;
-  }
-}
-
-int CudaBackend::UniformPieceRun(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members,
-                                 int first) {
-  // Batched over pieces, heads must be the only other dimension: with one head, pieces are.
-  if (round.heads != 1) return 1;
-  const kernels::WeightPiece& head = round.pieces[first];
-  int count = 1;
-  while (first + count < round.count) {
-    const kernels::WeightPiece& next = round.pieces[first + count];
-    const PromptPiece& previous_member = members[static_cast<size_t>(first + count - 1)];
-    const PromptPiece& next_member = members[static_cast<size_t>(first + count)];
-    const bool same_shape = next.rows == head.rows && next.keys == head.keys;
-    // Spacing of the next piece after the previous one, equal to the run's first step.
-    const bool evenly_spaced =
-        count == 1 ||
-        (next.offset - round.pieces[first + count - 1].offset == round.pieces[first + 1].offset - head.offset &&
-         next_member.key_offset - previous_member.key_offset ==
-             members[static_cast<size_t>(first + 1)].key_offset - members[static_cast<size_t>(first)].key_offset &&
-         next_member.first_q_row - previous_member.first_q_row ==
-             members[static_cast<size_t>(first + 1)].first_q_row - members[static_cast<size_t>(first)].first_q_row);
-    if (!same_shape || !evenly_spaced) break;
-    ++count;
-  }
-  return count;
-}
-
-void CudaBackend::RunPromptGemms(const kernels::WeightPieces& round, const std::vector<PromptPiece>& members,
-                                 int first, int count, const Tensor& q, const Tensor& keys, const Tensor& values,
-                                 int head_dim, int width, const Tensor& logits, const Tensor* high, const Tensor* low,
-                                 Tensor& o) {
-  const kernels::WeightPiece& piece = round.pieces[first];
-  const PromptPiece& member = members[static_cast<size_t>(first)];
-  // The batch runs over heads of one piece, or over the run's pieces (one head): strides
-  // between batch entries in each operand.
-  const bool over_pieces = count > 1;
-  const int batch = over_pieces ? count : round.heads;
-  const int64_t head_logits = static_cast<int64_t>(piece.rows) * piece.keys;
-  int64_t key_stride = head_dim, q_stride = head_dim, logit_stride = head_logits;
-  if (over_pieces) {
-    const PromptPiece& second = members[static_cast<size_t>(first + 1)];
-    key_stride = (second.key_offset - member.key_offset) * width;
-    q_stride = (second.first_q_row - member.first_q_row) * width;
-    logit_stride = round.pieces[first + 1].offset - piece.offset;
-  }
-  const __nv_bfloat16* key_rows = Ptr<__nv_bfloat16>(keys) + member.key_offset * width;
-  const __nv_bfloat16* value_rows = Ptr<__nv_bfloat16>(values) + member.key_offset * width;
-  const float one = 1.0f, zero = 0.0f;
-  if (high == nullptr) {
-    // Row-major S[rows, keys] = Q·Kᵀ is column-major Sᵀ = K·Qᵀ: K read transposed.
-    Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, piece.keys, piece.rows, head_dim, &one,
-                                     key_rows, CUDA_R_16BF, width, key_stride,
-                                     Ptr<__nv_bfloat16>(q) + member.first_q_row * width, CUDA_R_16BF, width, q_stride,
-                                     &zero, Ptr<float>(logits) + piece.offset, CUDA_R_32F, piece.keys, logit_stride,
-                                     batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-          "prompt attention logits");
-    return;
-  }
-  // Row-major O[rows, head_dim] = W·V is column-major Oᵀ = Vᵀ·Wᵀ, both read as stored; the
-  // remainder half of W accumulates onto the first product.
-  for (const Tensor* weights : {high, low}) {
-    Check(cublasGemmStridedBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, head_dim, piece.rows, piece.keys, &one,
-                                     value_rows, CUDA_R_16BF, width, key_stride,
-                                     Ptr<__nv_bfloat16>(*weights) + piece.offset, CUDA_R_16BF, piece.keys,
-                                     logit_stride, weights == high ? &zero : &one,
-                                     Ptr<float>(o) + member.first_q_row * width, CUDA_R_32F, width, q_stride, batch,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-          "prompt attention outputs");
-  }
 }
 
 }  // namespace mf

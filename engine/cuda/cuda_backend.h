@@ -95,13 +95,16 @@ class CudaBackend : public Backend {
   void ExpertSegmentGemm(const __nv_bfloat16* input, int64_t half_stride_in, int rows, int k, const void* weight,
                          int n, float* out, int64_t half_stride_out);
 
-  // Prompt chunks' attention on tensor cores (engine/cuda/cuda_attention.cc).
+  // Prompt chunks' attention on tensor cores (engine/cuda/cuda_prompt_attention.cc).
   struct PromptPiece {
     int seq;
     int first_token, end_token;  // a range of the sequence's new tokens
     int64_t key_offset;          // the sequence's first row in the gathered keys
     int64_t first_q_row;         // the range's first query row ([token * top_k + rank])
   };
+  // Sequences adding at least this many tokens take the GEMM path: below it, the paged
+  // kernel reads each key once per query anyway and the GEMMs would be mostly padding.
+  static constexpr int kMinPromptGemmTokens = 16;
   bool UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const;
   void PromptAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
                        const Tensor& layer_cache, const AttentionShape& shape, Tensor& out);
