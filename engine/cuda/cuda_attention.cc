@@ -19,12 +19,18 @@ constexpr int64_t kMaxMixedPartialFloats = 64LL << 20;
 
 }  // namespace
 
-bool CudaBackend::UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const {
-  if (precision_ != CudaPrecision::kBf16 || layer_cache.dtype != DType::kBF16) return false;
+int CudaBackend::ShortChunkTokens(const StepLayout& layout) {
+  int tokens = 0;
   for (size_t s = 0; s + 1 < layout.seq_token_begin.size(); ++s) {
-    if (layout.seq_token_begin[s + 1] - layout.seq_token_begin[s] >= kMinPromptGemmTokens) return true;
+    const int num_new = layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
+    if (num_new < kMinPromptGemmTokens) tokens += num_new;
   }
-  return false;
+  return tokens;
+}
+
+bool CudaBackend::UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const {
+  return precision_ == CudaPrecision::kBf16 && layer_cache.dtype == DType::kBF16 &&
+         ShortChunkTokens(layout) < layout.num_tokens;
 }
 
 void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
@@ -55,14 +61,7 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
   }
   // Key splits for the tokens the paged kernel serves: beside prompt chunks (which it skips)
   // only the decodes count, or 256 decodes beside 8,192 prompt tokens would get one split.
-  int paged_tokens = args.num_tokens;
-  if (prompt_gemms) {
-    paged_tokens = 0;
-    for (int s = 0; s < layout.num_sequences; ++s) {
-      const int num_new = layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
-      if (num_new < kMinPromptGemmTokens) paged_tokens += num_new;
-    }
-  }
+  const int paged_tokens = prompt_gemms ? ShortChunkTokens(layout) : args.num_tokens;
   args.num_splits = kernels::AttentionSplits(paged_tokens, args.top_k, args.num_heads, args.head_dim,
                                              layout.max_blocks_per_sequence * layout.block_size);
   if (prompt_gemms) {

@@ -105,6 +105,8 @@ class CudaBackend : public Backend {
   // Sequences adding at least this many tokens take the GEMM path: below it, the paged
   // kernel reads each key once per query anyway and the GEMMs would be mostly padding.
   static constexpr int kMinPromptGemmTokens = 16;
+  // Tokens of the sequences adding fewer than that (decodes, short chunks): the paged kernel's.
+  static int ShortChunkTokens(const StepLayout& layout);
   bool UsesPromptGemms(const StepLayout& layout, const Tensor& layer_cache) const;
   void PromptAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
                        const Tensor& layer_cache, const AttentionShape& shape, Tensor& out);

@@ -4,6 +4,7 @@
 // between (kernels/prefill_attention.h), outputs scattered back to slot order.
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_tensor.h"
@@ -56,12 +57,13 @@ void CudaBackend::PromptAttention(const Tensor& queries, const RoutingPlan& plan
   if (keys.empty() || values.empty()) return;
   // One gather per run of consecutive prompt sequences of equal length (their keys are
   // consecutive too): a batch of same-length prompts is one launch.
+  auto history = [&](int s) { return layout.seq_cached[s] + layout.seq_token_begin[s + 1] - layout.seq_token_begin[s]; };
   for (int s = 0; s < layout.num_sequences;) {
     const int64_t offset = key_offsets[static_cast<size_t>(s)];
-    const int length = layout.seq_cached[s] + layout.seq_token_begin[s + 1] - layout.seq_token_begin[s];
+    const int length = history(s);
     int run = 1;
     while (offset >= 0 && s + run < layout.num_sequences && key_offsets[static_cast<size_t>(s + run)] >= 0 &&
-           layout.seq_cached[s + run] + layout.seq_token_begin[s + run + 1] - layout.seq_token_begin[s + run] == length) {
+           history(s + run) == length) {
       ++run;
     }
     if (offset >= 0) {
@@ -137,22 +139,18 @@ int CudaBackend::UniformPieceRun(const kernels::WeightPieces& round, const std::
                                  int first) {
   // Batched over pieces, heads must be the only other dimension: with one head, pieces are.
   if (round.heads != 1) return 1;
+  // Piece i + 1's offsets past piece i's in the logits, the keys and the queries.
+  auto step_after = [&](int i) {
+    const PromptPiece &piece = members[static_cast<size_t>(i)], &next = members[static_cast<size_t>(i) + 1];
+    return std::tuple{round.pieces[i + 1].offset - round.pieces[i].offset, next.key_offset - piece.key_offset,
+                      next.first_q_row - piece.first_q_row};
+  };
   const kernels::WeightPiece& head = round.pieces[first];
   int count = 1;
   while (first + count < round.count) {
     const kernels::WeightPiece& next = round.pieces[first + count];
-    const PromptPiece& previous_member = members[static_cast<size_t>(first + count - 1)];
-    const PromptPiece& next_member = members[static_cast<size_t>(first + count)];
-    const bool same_shape = next.rows == head.rows && next.keys == head.keys;
-    // Spacing of the next piece after the previous one, equal to the run's first step.
-    const bool evenly_spaced =
-        count == 1 ||
-        (next.offset - round.pieces[first + count - 1].offset == round.pieces[first + 1].offset - head.offset &&
-         next_member.key_offset - previous_member.key_offset ==
-             members[static_cast<size_t>(first + 1)].key_offset - members[static_cast<size_t>(first)].key_offset &&
-         next_member.first_q_row - previous_member.first_q_row ==
-             members[static_cast<size_t>(first + 1)].first_q_row - members[static_cast<size_t>(first)].first_q_row);
-    if (!same_shape || !evenly_spaced) break;
+    if (next.rows != head.rows || next.keys != head.keys) break;
+    if (count > 1 && step_after(first + count - 1) != step_after(first)) break;
     ++count;
   }
   return count;
