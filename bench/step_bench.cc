@@ -315,6 +315,10 @@ int main(int argc, char** argv) {
     const double greedy = TimeDecode(**model, batch, steps, Sampling::kGreedy);
     std::printf("decode batch %d, context %d: step median %.3f ms, %.0f tokens/s\n", batch_size, context,
                 greedy * 1e3, batch_size / greedy);
+    if (const int64_t kernels = (*model)->backend().last_recorded_kernels(); kernels > 0) {
+      std::printf("  %lld kernels a step (recorded graph), %.1f a layer\n", static_cast<long long>(kernels),
+                  static_cast<double>(kernels) / (*model)->config().n_layer);
+    }
     PrintDecodeFloor(**model, batch, greedy, copy_bytes_per_second);
     if (absl::GetFlag(FLAGS_sample)) {
       const bool on_device = (*model)->SamplesOnDevice() && !absl::GetFlag(FLAGS_host_sampling);

@@ -11,8 +11,13 @@
 namespace mf::kernels {
 
 // tokens[r] = the index of the largest of logits[r, 0..width), the lowest among ties (as
-// std::max_element picks on the host).
-cudaError_t ArgmaxRows(const float* logits, int num_rows, int width, int32_t* tokens, cudaStream_t stream);
+// std::max_element picks on the host). Up to kMaxSplitArgmaxRows rows, given a workspace of
+// ArgmaxChunks(rows, width) * rows * 8 bytes and `rows` zeroed counter words (left zeroed),
+// each row is split across blocks (a row per block leaves most of the GPU idle).
+inline constexpr int kMaxSplitArgmaxRows = 64;
+int ArgmaxChunks(int num_rows, int width);
+cudaError_t ArgmaxRows(const float* logits, int num_rows, int width, int32_t* tokens, cudaStream_t stream,
+                       void* workspace = nullptr, uint32_t* counters = nullptr);
 
 inline constexpr int kMaxSampleLogprobs = 20;
 // A sequence's penalty counts: one word per vocabulary entry, bit 31 set when the token

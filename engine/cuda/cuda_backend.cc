@@ -55,6 +55,12 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
     backend->segment_gemm_ =
         std::make_unique<SegmentGemm>(backend->cublas_lt_, backend->cublas_workspace_, kCublasWorkspaceBytes);
   }
+  if (cudaMalloc(&backend->arrival_counters_, kArrivalCounters * sizeof(uint32_t)) != cudaSuccess ||
+      cudaMemset(backend->arrival_counters_, 0, kArrivalCounters * sizeof(uint32_t)) != cudaSuccess) {
+    return absl::ResourceExhaustedError("cuda: cannot allocate the kernels' arrival counters");
+  }
+  const char* fused = std::getenv("MF_CUDA_FUSED_DECODE");
+  backend->fused_decode_ = fused == nullptr || std::string(fused) != "0";
   const char* graphs = std::getenv("MF_CUDA_GRAPHS");
   backend->graphs_enabled_ = !backend->timer_->enabled() && (graphs == nullptr || std::string(graphs) != "0");
   // Step buffers come from the stream-ordered pool; keep freed memory in the pool.
@@ -75,6 +81,7 @@ CudaBackend::~CudaBackend() {
   if (cublas_lt_ != nullptr) cublasLtDestroy(cublas_lt_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
+  if (arrival_counters_ != nullptr) cudaFree(arrival_counters_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -309,7 +316,12 @@ void CudaBackend::GatherRows(const Tensor& x, const Tensor& rows, Tensor& out) {
 
 void CudaBackend::ArgmaxRows(const Tensor& logits, Tensor& tokens) {
   CudaOpTimer::Scope scope(*timer_, "argmax");
-  Check(kernels::ArgmaxRows(Ptr<float>(logits), Int(logits.rows()), Int(logits.cols()), Ptr<int32_t>(tokens), stream_),
+  const int rows = Int(logits.rows()), width = Int(logits.cols());
+  const int chunks = kernels::ArgmaxChunks(rows, width);
+  Tensor workspace;
+  if (chunks > 1 && rows <= kArrivalCounters) workspace = Scratch(DType::kI32, {static_cast<int64_t>(rows) * chunks, 2});
+  Check(kernels::ArgmaxRows(Ptr<float>(logits), rows, width, Ptr<int32_t>(tokens), stream_, workspace.data,
+                            workspace.empty() ? nullptr : arrival_counters_),
         "argmax");
 }
 

@@ -3,6 +3,7 @@
 // path, which otherwise bounds small batches.
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "engine/cuda/cuda_backend.h"
 
@@ -20,6 +21,19 @@ class CudaGraphRecord : public RecordedWork {
  private:
   cudaGraphExec_t exec_;
 };
+
+int64_t KernelNodes(cudaGraph_t graph) {
+  size_t count = 0;
+  if (cudaGraphGetNodes(graph, nullptr, &count) != cudaSuccess) return 0;
+  std::vector<cudaGraphNode_t> nodes(count);
+  if (cudaGraphGetNodes(graph, nodes.data(), &count) != cudaSuccess) return 0;
+  int64_t kernels = 0;
+  for (cudaGraphNode_t node : nodes) {
+    cudaGraphNodeType type;
+    if (cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel) ++kernels;
+  }
+  return kernels;
+}
 
 }  // namespace
 
@@ -41,6 +55,7 @@ absl::Status CudaBackend::RunRecorded(std::unique_ptr<RecordedWork>* record, abs
   cudaGraphExec_t exec = nullptr;
   cudaError_t instantiate = cudaErrorStreamCaptureInvalidated;
   if (end == cudaSuccess && body_status.ok() && status_.ok()) instantiate = cudaGraphInstantiate(&exec, graph, 0);
+  if (instantiate == cudaSuccess) last_recorded_kernels_ = KernelNodes(graph);
   if (graph != nullptr) cudaGraphDestroy(graph);
   if (instantiate == cudaSuccess) {
     *record = std::make_unique<CudaGraphRecord>(exec);
