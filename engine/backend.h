@@ -59,24 +59,6 @@ struct AttentionShape {
 // An activation applied to an expert product's output (backends may fuse it).
 enum class ExpertActivation { kNone, kGeluNew };
 
-// A mixture's gate: the LayerNorm in front of it and its router MLP
-// (logits = gelu_exact(x · w1ᵀ + b1) · w2ᵀ, w1 [G, D], w2 [E, G]).
-struct GateWeights {
-  const Tensor* ln_weight;
-  const Tensor* ln_bias;
-  float eps;
-  const Tensor* w1;
-  const Tensor* b1;
-  const Tensor* w2;
-  int top_k;
-};
-
-// Where a step's normed rows go when they are the keys and values themselves (K = V).
-struct KvWrite {
-  const StepLayout* layout;
-  Tensor* cache;
-};
-
 // Sampling on the device, for backends that can (Backend::SupportsSampling). One row's
 // request, packed by the model into its step upload; the layout is the CUDA kernels'
 // (kernels/sampling.h, checked there). The host sampler (engine/sampling/) is the
@@ -174,11 +156,6 @@ class Backend {
   // caller sets plan.token_experts and plan.token_gates ([T, k] each; views into a step-wide
   // record, say), the decisions go there; every other tensor of the plan is allocated here.
   virtual absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) = 0;
-  // A mixture's gate in one call: normed = LayerNorm(x); the normed rows written to the KV
-  // cache when `kv` is set; router_logits [T, E] from normed; plan = Route(router_logits).
-  // By default those operations in turn (engine/backend.cc); a backend may fuse them.
-  virtual absl::Status NormAndRoute(const Tensor& x, const GateWeights& gate, const KvWrite* kv, Tensor& normed,
-                                    Tensor& router_logits, RoutingPlan& plan);
   // For each expert e, out[slot] = in_row(slot) · experts[e] over e's slots, where
   // in_row is x[slot_tokens[slot]] when gather_by_token, else x[slot]. experts: [E, in, out].
   // `activation` applies to every output value (as GeluNew would, after).
@@ -186,11 +163,6 @@ class Backend {
                           ExpertActivation activation, Tensor& out) = 0;
   // residual[t] += Σ_r gate[t, r] · slot_out[token_slots[t, r]], summed in rank order.
   virtual void CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) = 0;
-  // A mixture's second product and its combine: ExpertGemm of the slot rows `x` (no
-  // gather, no activation), then CombineExperts into `residual`. By default those two; a
-  // backend may fuse them.
-  virtual absl::Status ExpertGemmCombine(const Tensor& x, const RoutingPlan& plan, const Tensor& experts,
-                                         Tensor& residual);
   // Writes each token's cache row: key (and value unless `value` is null) [T, width].
   virtual void WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) = 0;
   // Stick-breaking attention of every slot's query [S, att_hidden] over its

@@ -202,13 +202,14 @@ absl::Status Model::RunNetwork(StepBuffers& step) {
 absl::Status Model::RunAttention(int layer, StepBuffers& step, Tensor& hidden) {
   const DeviceLayer& weights = layers_[static_cast<size_t>(layer)];
   const StepLayout& layout = step.layout;
-  Tensor& cache = kv_cache_->layer(layer);
+  const float eps = static_cast<float>(config_.layer_norm_epsilon);
   MF_ASSIGN_OR_RETURN(Tensor normed, Empty(hidden.shape));
-  // When the normed row is the key and the value, the gate writes it to the cache too.
-  const KvWrite kv_write{&layout, &cache};
-  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kAttention, step, hidden,
-                                                     config_.kv_is_identity() ? &kv_write : nullptr, normed));
-  if (!config_.kv_is_identity()) {
+  backend_->LayerNorm(hidden, weights.ln1_weight, weights.ln1_bias, eps, normed);
+
+  Tensor& cache = kv_cache_->layer(layer);
+  if (config_.kv_is_identity()) {
+    backend_->WriteKv(normed, nullptr, layout, cache);
+  } else {
     MF_ASSIGN_OR_RETURN(Tensor keys, Empty({layout.num_tokens, config_.att_hidden}));
     MF_ASSIGN_OR_RETURN(Tensor values, Empty({layout.num_tokens, config_.att_hidden}));
     backend_->Linear(normed, weights.k_weight, &weights.k_bias, keys);
@@ -216,6 +217,7 @@ absl::Status Model::RunAttention(int layer, StepBuffers& step, Tensor& hidden) {
     backend_->WriteKv(keys, &values, layout, cache);
   }
 
+  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kAttention, step, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   MF_ASSIGN_OR_RETURN(Tensor queries, Empty({num_slots, config_.att_hidden}));
   backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.attention.experts_in, ExpertActivation::kNone,
@@ -224,46 +226,48 @@ absl::Status Model::RunAttention(int layer, StepBuffers& step, Tensor& hidden) {
   const AttentionShape shape{static_cast<int>(config_.n_head), static_cast<int>(config_.head_dim()),
                              config_.kv_is_identity()};
   backend_->StickBreakingAttention(queries, plan, layout, cache, shape, attended);
-  return backend_->ExpertGemmCombine(attended, plan, weights.attention.experts_out, hidden);
+  MF_ASSIGN_OR_RETURN(Tensor projected, Empty({num_slots, config_.n_embd}));
+  backend_->ExpertGemm(attended, plan, /*gather_by_token=*/false, weights.attention.experts_out,
+                       ExpertActivation::kNone, projected);
+  backend_->CombineExperts(projected, plan, hidden);
+  return absl::OkStatus();
 }
 
 absl::Status Model::RunMlp(int layer, StepBuffers& step, Tensor& hidden) {
   const DeviceLayer& weights = layers_[static_cast<size_t>(layer)];
   MF_ASSIGN_OR_RETURN(Tensor normed, Empty(hidden.shape));
-  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kMlp, step, hidden, nullptr, normed));
+  backend_->LayerNorm(hidden, weights.ln2_weight, weights.ln2_bias, static_cast<float>(config_.layer_norm_epsilon),
+                      normed);
+  MF_ASSIGN_OR_RETURN(RoutingPlan plan, RouteMixture(layer, Mixture::kMlp, step, normed));
   const int64_t num_slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
   MF_ASSIGN_OR_RETURN(Tensor inner, backend_->Allocate(backend_->expert_hidden_dtype(num_slots),
                                                        {num_slots, weights.mlp.expert_hidden}));
   backend_->ExpertGemm(normed, plan, /*gather_by_token=*/true, weights.mlp.experts_in, ExpertActivation::kGeluNew,
                        inner);
-  return backend_->ExpertGemmCombine(inner, plan, weights.mlp.experts_out, hidden);
+  MF_ASSIGN_OR_RETURN(Tensor expert_out, Empty({num_slots, config_.n_embd}));
+  backend_->ExpertGemm(inner, plan, /*gather_by_token=*/false, weights.mlp.experts_out, ExpertActivation::kNone,
+                       expert_out);
+  backend_->CombineExperts(expert_out, plan, hidden);
+  return absl::OkStatus();
 }
 
-absl::StatusOr<RoutingPlan> Model::RouteMixture(int layer, Mixture mixture, StepBuffers& step, const Tensor& hidden,
-                                                const KvWrite* kv_write, Tensor& normed) {
+absl::StatusOr<RoutingPlan> Model::RouteMixture(int layer, Mixture mixture, StepBuffers& step, const Tensor& normed) {
   const DeviceLayer& weights = layers_[static_cast<size_t>(layer)];
-  const bool attention = mixture == Mixture::kAttention;
-  const DeviceMixture& mix = attention ? weights.attention : weights.mlp;
-  const GateWeights gate{attention ? &weights.ln1_weight : &weights.ln2_weight,
-                         attention ? &weights.ln1_bias : &weights.ln2_bias,
-                         static_cast<float>(config_.layer_norm_epsilon),
-                         &mix.router_w1,
-                         &mix.router_b1,
-                         &mix.router_w2,
-                         mix.top_k};
-  MF_ASSIGN_OR_RETURN(Tensor router_logits, Empty({hidden.rows(), mix.num_experts}));
-  RoutingPlan plan;
-  if (!step.routing_experts.empty()) {
-    const int64_t offset = step.routing_offsets[static_cast<size_t>(layer) * 2 + static_cast<size_t>(mixture)];
-    plan.token_experts = step.routing_experts.Slice(offset, {hidden.rows(), mix.top_k});
-    plan.token_gates = step.routing_gates.Slice(offset, {hidden.rows(), mix.top_k});
-  }
-  MF_RETURN_IF_ERROR(backend_->NormAndRoute(hidden, gate, kv_write, normed, router_logits, plan));
+  const DeviceMixture& gate = mixture == Mixture::kAttention ? weights.attention : weights.mlp;
+  MF_ASSIGN_OR_RETURN(Tensor router_logits, Empty({normed.rows(), gate.num_experts}));
+  MF_RETURN_IF_ERROR(backend_->RouterLogits(normed, gate.router_w1, gate.router_b1, gate.router_w2, router_logits));
   if (step.record_router_logits) {
     std::vector<float>& host = step.router_logits[static_cast<size_t>(layer)][static_cast<size_t>(mixture)];
     host.resize(static_cast<size_t>(router_logits.num_elements()));
     backend_->CopyToHostDeferred(router_logits, host.data());
   }
+  RoutingPlan plan;
+  if (!step.routing_experts.empty()) {
+    const int64_t offset = step.routing_offsets[static_cast<size_t>(layer) * 2 + static_cast<size_t>(mixture)];
+    plan.token_experts = step.routing_experts.Slice(offset, {normed.rows(), gate.top_k});
+    plan.token_gates = step.routing_gates.Slice(offset, {normed.rows(), gate.top_k});
+  }
+  MF_RETURN_IF_ERROR(backend_->Route(router_logits, gate.top_k, plan));
   return plan;
 }
 

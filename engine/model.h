@@ -120,10 +120,8 @@ class Model {
   absl::Status RunNetwork(StepBuffers& step);
   absl::Status RunAttention(int layer, StepBuffers& step, Tensor& hidden);
   absl::Status RunMlp(int layer, StepBuffers& step, Tensor& hidden);
-  // The mixture's LayerNorm of `hidden` into `normed` (and the cache, with kv_write), its
-  // router and routing; the decisions land in the step's routing record when it keeps one.
-  absl::StatusOr<RoutingPlan> RouteMixture(int layer, Mixture mixture, StepBuffers& step, const Tensor& hidden,
-                                           const KvWrite* kv_write, Tensor& normed);
+  // Routes `normed`; the decisions land in the step's routing record when it keeps one.
+  absl::StatusOr<RoutingPlan> RouteMixture(int layer, Mixture mixture, StepBuffers& step, const Tensor& normed);
   // Downloads every row's argmax, the full rows the batch asks for, and the routing.
   absl::Status ReadOutputs(const ForwardBatch& batch, const StepBuffers& step, ForwardOutput* output);
   absl::Status ReadLogits(const ForwardBatch& batch, const StepBuffers& step, ForwardOutput* output);

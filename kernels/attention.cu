@@ -32,50 +32,6 @@ __global__ void WriteKvKernel(const float* __restrict__ key, const float* __rest
   }
 }
 
-// Right to left: a newer split's stick mass scales every older split by exp(-mass). The
-// scales come first (one thread, from masses staged in shared memory), so the partial
-// outputs' loads do not wait on one another. Partials are read past L1: in the fused
-// form other blocks wrote them moments ago.
-__device__ void CombineSlotSplits(const AttentionArgs& args, int slot, int head, float* split_scale) {
-  __shared__ int used_splits;
-  const int64_t pair = static_cast<int64_t>(slot) * args.num_heads + head;
-  const float* partial = args.partial_out + pair * args.num_splits * args.head_dim;
-  const float* mass = args.partial_mass + pair * args.num_splits;
-  for (int split = threadIdx.x; split < (args.num_splits + 7) / 8 * 8; split += blockDim.x) {
-    split_scale[split] = split < args.num_splits ? __ldcg(mass + split) : 0.0f;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float carried = 0;
-    int split = 0;
-    for (; split < args.num_splits && carried < kNegligibleLogMass; ++split) {
-      const float split_mass = split_scale[split];
-      split_scale[split] = expf(-carried);
-      carried += split_mass;
-    }
-    used_splits = split;
-  }
-  __syncthreads();
-  float* out = args.out + static_cast<int64_t>(slot) * args.num_heads * args.head_dim + head * args.head_dim;
-  constexpr int kSplitsInFlight = 16;  // partial outputs loaded together, then added in order
-  for (int c = threadIdx.x; c < args.head_dim; c += blockDim.x) {
-    float total = 0;
-    for (int first = 0; first < used_splits; first += kSplitsInFlight) {
-      float values[kSplitsInFlight];
-#pragma unroll
-      for (int j = 0; j < kSplitsInFlight; ++j) {
-        values[j] = first + j < used_splits ? __ldcg(partial + static_cast<int64_t>(first + j) * args.head_dim + c) : 0.0f;
-      }
-#pragma unroll
-      for (int j = 0; j < kSplitsInFlight; ++j) {
-        if (first + j < used_splits) total += split_scale[first + j] * values[j];
-      }
-    }
-    out[c] = total;
-  }
-  __syncthreads();  // split_scale and used_splits are reused by the caller's next slot
-}
-
 constexpr int kKeysPerWarp = 2;     // keys whose logits a warp computes together
 constexpr int kValuesInFlight = 4;  // value rows a thread loads before using them
 
@@ -234,24 +190,51 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
     }
     __syncthreads();  // `partial` is rewritten for the next slot
   }
-  if (args.num_splits == 1 || args.split_counters == nullptr) return;
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(args.split_counters + blockIdx.x, 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int rank = 0; rank < top_k; ++rank) CombineSlotSplits(args, args.token_slots[token * top_k + rank], head, shared);
-  if (threadIdx.x == 0) args.split_counters[blockIdx.x] = 0;
 }
 
+// Right to left: a newer split's stick mass scales every older split by exp(-mass). The
+// scales come first (one thread, from masses staged in shared memory), so the partial
+// outputs' loads do not wait on one another: 16 splits' values are in flight at once.
 __global__ void CombineSplitsKernel(AttentionArgs args) {
   extern __shared__ float split_scale[];  // [num_splits rounded up to 8]
+  __shared__ int used_splits;
   const int slot = blockIdx.x / args.num_heads;
   const int head = blockIdx.x % args.num_heads;
   if (SkipsSequence(args, args.token_seq[args.slot_tokens[slot]])) return;
-  CombineSlotSplits(args, slot, head, split_scale);
+  const float* partial = args.partial_out + static_cast<int64_t>(blockIdx.x) * args.num_splits * args.head_dim;
+  const float* mass = args.partial_mass + static_cast<int64_t>(blockIdx.x) * args.num_splits;
+  for (int split = threadIdx.x; split < (args.num_splits + 7) / 8 * 8; split += blockDim.x) {
+    split_scale[split] = split < args.num_splits ? mass[split] : 0.0f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float carried = 0;
+    int split = 0;
+    for (; split < args.num_splits && carried < kNegligibleLogMass; ++split) {
+      const float split_mass = split_scale[split];
+      split_scale[split] = expf(-carried);
+      carried += split_mass;
+    }
+    used_splits = split;
+  }
+  __syncthreads();
+  float* out = args.out + static_cast<int64_t>(slot) * args.num_heads * args.head_dim + head * args.head_dim;
+  constexpr int kSplitsInFlight = 16;  // partial outputs loaded together, then added in order
+  for (int c = threadIdx.x; c < args.head_dim; c += blockDim.x) {
+    float total = 0;
+    for (int first = 0; first < used_splits; first += kSplitsInFlight) {
+      float values[kSplitsInFlight];
+#pragma unroll
+      for (int j = 0; j < kSplitsInFlight; ++j) {
+        values[j] = first + j < used_splits ? partial[static_cast<int64_t>(first + j) * args.head_dim + c] : 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < kSplitsInFlight; ++j) {
+        if (first + j < used_splits) total += split_scale[first + j] * values[j];
+      }
+    }
+    out[c] = total;
+  }
 }
 
 }  // namespace
@@ -286,21 +269,18 @@ cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t strea
   if (blocks == 0) return cudaSuccess;
   const size_t shared = (static_cast<size_t>(args.top_k) * args.head_dim + kThreads * kDimsPerLoad) * sizeof(float);
   const dim3 grid(blocks, args.num_splits);
-  bool splits_combined = false;
   if (LaunchWarpSplitAttention<CacheT>(args, stream)) {
     // the common shapes: kernels/decode_attention.cu
   } else if (args.top_k <= 2) {
-    splits_combined = args.split_counters != nullptr;
     StickBreakingKernel<CacheT, 2><<<grid, kThreads, shared, stream>>>(args);
   } else {
     const cudaError_t configured = cudaFuncSetAttribute(
         StickBreakingKernel<CacheT, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
     if (configured != cudaSuccess) return configured;
     StickBreakingKernel<CacheT, 8><<<grid, kThreads, shared, stream>>>(args);
-    splits_combined = args.split_counters != nullptr;
   }
-  if (args.num_splits > 1 && !splits_combined) {
-    // Scales padded to a multiple of 8: the unrolled sum reads them in 16-byte pieces.
+  if (args.num_splits > 1) {
+    // Scales padded to a multiple of 8 (whole 16-byte pieces of shared memory).
     const size_t scale_bytes = (args.num_splits + 7) / 8 * 8 * sizeof(float);
     CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, scale_bytes, stream>>>(args);
   }

@@ -31,10 +31,6 @@ struct AttentionArgs {
   int num_splits = 1;
   float* partial_out = nullptr;   // [slots * heads, num_splits, head_dim]
   float* partial_mass = nullptr;  // [slots * heads, num_splits]
-  // When set (num_tokens * heads words, zero before the launch, left at zero), the block
-  // kernel's last split of each (token, head) to finish combines the splits itself: one
-  // launch instead of two for small decode batches.
-  uint32_t* split_counters = nullptr;
   // When set, slots of sequences adding at least skip_min_new_tokens tokens are left
   // alone (the tensor-core prompt path computes them).
   const int32_t* seq_new_tokens = nullptr;  // [sequences]

@@ -1,7 +1,6 @@
 #include "kernels/router_gemv.h"
 
 #include "kernels/activations.cuh"
-#include "kernels/router_dots.cuh"
 
 namespace mf::kernels {
 namespace {
@@ -9,7 +8,13 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
 constexpr int kTokensPerPass = 8;  // tokens sharing one read of a gate row
+constexpr int kLoadsInFlight = 8;  // 16-byte loads of a gate row issued before use
 constexpr size_t kMaxStagedBytes = 48 << 10;  // token rows staged per block (the default shared-memory limit)
+
+__device__ float WarpSum(float value) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
 
 // One warp per gate unit: hidden[t, unit] = gelu_exact(b1[unit] + x[t] · w1[unit]). The
 // block stages its tokens' rows in shared memory first, so the products wait on one read
@@ -22,6 +27,7 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
   const int unit = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
   const float* row = w1 + static_cast<int64_t>(min(unit, g - 1)) * d;
   const int quads = d / 4;
+  constexpr int kStride = kWarp * 4;  // floats a warp reads per load
   for (int first_token = 0; first_token < num_tokens; first_token += kTokensPerPass) {
     const int tokens = min(kTokensPerPass, num_tokens - first_token);
     __syncthreads();  // the previous pass is done with `staged`
@@ -31,11 +37,29 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
     __syncthreads();
     if (unit >= g) continue;
     float sums[kTokensPerPass] = {};
-    RouterRowDots<kTokensPerPass>(row, staged, d, tokens, sums);
+    for (int base = lane * 4; base < d; base += kStride * kLoadsInFlight) {
+      float4 weights[kLoadsInFlight];
+#pragma unroll
+      for (int j = 0; j < kLoadsInFlight; ++j) {
+        const int column = base + j * kStride;
+        weights[j] = column < d ? __ldg(reinterpret_cast<const float4*>(row + column)) : make_float4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int j = 0; j < kLoadsInFlight; ++j) {
+        const int column = base + j * kStride;
+        if (column >= d) break;
+#pragma unroll
+        for (int t = 0; t < kTokensPerPass; ++t) {
+          if (t >= tokens) break;
+          const float4 v = staged[t * quads + column / 4];
+          sums[t] += weights[j].x * v.x + weights[j].y * v.y + weights[j].z * v.z + weights[j].w * v.w;
+        }
+      }
+    }
 #pragma unroll
     for (int t = 0; t < kTokensPerPass; ++t) {
       if (t >= tokens) break;
-      const float total = RouterWarpSum(sums[t]);
+      const float total = WarpSum(sums[t]);
       if (lane == 0) hidden[static_cast<int64_t>(first_token + t) * g + unit] = GeluExactValue(total + b1[unit]);
     }
   }
@@ -49,7 +73,11 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
   const int index = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
   if (index >= num_tokens * num_experts) return;
   const int token = index / num_experts, expert = index % num_experts;
-  const float sum = RouterOutDot(hidden + static_cast<int64_t>(token) * g, w2 + static_cast<int64_t>(expert) * g, g);
+  const float* h = hidden + static_cast<int64_t>(token) * g;
+  const float* w = w2 + static_cast<int64_t>(expert) * g;
+  float sum = 0.0f;
+  for (int i = lane; i < g; i += kWarp) sum += h[i] * __ldg(w + i);
+  sum = WarpSum(sum);
   if (lane == 0) logits[index] = sum;
 }
 

@@ -1,19 +1,57 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/routing.h"
-#include "kernels/routing.cuh"
 
 namespace mf::kernels {
 namespace {
 
 constexpr int kWarp = 32;
+constexpr int kMaxTopK = 32;
 
+// One warp per token: max and sum by warp shuffles, then k rounds of arg-max.
 __global__ void SoftmaxTopKKernel(const float* __restrict__ router_logits, int num_tokens, int num_experts, int top_k,
                                   int32_t* __restrict__ experts, float* __restrict__ gates) {
   const int token = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
   if (token >= num_tokens) return;
-  WarpSoftmaxTopK(router_logits + static_cast<int64_t>(token) * num_experts, num_experts, top_k,
-                  experts + static_cast<int64_t>(token) * top_k, gates + static_cast<int64_t>(token) * top_k);
+  const float* logits = router_logits + static_cast<int64_t>(token) * num_experts;
+
+  float max_logit = -INFINITY;
+  for (int e = lane; e < num_experts; e += kWarp) max_logit = fmaxf(max_logit, logits[e]);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    max_logit = fmaxf(max_logit, __shfl_xor_sync(0xffffffffu, max_logit, offset));
+  }
+  float total = 0.0f;
+  for (int e = lane; e < num_experts; e += kWarp) total += expf(logits[e] - max_logit);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+
+  int chosen[kMaxTopK];
+  for (int rank = 0; rank < top_k; ++rank) {
+    // Each lane proposes its best untaken expert; the warp keeps the largest, lower index on ties.
+    float best_logit = -INFINITY;
+    int best_expert = num_experts;
+    for (int e = lane; e < num_experts; e += kWarp) {
+      bool taken = false;
+      for (int r = 0; r < rank; ++r) taken |= chosen[r] == e;
+      if (!taken && (logits[e] > best_logit || best_expert == num_experts)) {
+        best_logit = logits[e];
+        best_expert = e;
+      }
+    }
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const float other_logit = __shfl_xor_sync(0xffffffffu, best_logit, offset);
+      const int other_expert = __shfl_xor_sync(0xffffffffu, best_expert, offset);
+      if (other_logit > best_logit || (other_logit == best_logit && other_expert < best_expert)) {
+        best_logit = other_logit;
+        best_expert = other_expert;
+      }
+    }
+    chosen[rank] = best_expert;
+    if (lane == 0) {
+      experts[static_cast<int64_t>(token) * top_k + rank] = best_expert;
+      gates[static_cast<int64_t>(token) * top_k + rank] = expf(best_logit - max_logit) / total;
+    }
+  }
 }
 
 __global__ void FlatIndexKernel(int num_slots, int32_t* __restrict__ flat) {
@@ -48,8 +86,24 @@ __global__ void __launch_bounds__(kSmallSortSlots)
                      int32_t* __restrict__ token_slots) {
   __shared__ int32_t experts[kSmallSortSlots];
   __shared__ int32_t starts[kSmallSortExperts + 1];
-  BlockGroupSlots(token_experts, num_slots, top_k, num_experts, experts, starts, expert_offsets, slot_tokens,
-                  token_slots);
+  const int slot = threadIdx.x;
+  const int expert = slot < num_slots ? token_experts[slot] : -1;
+  experts[slot] = expert;
+  for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) starts[e] = 0;
+  __syncthreads();
+  if (expert >= 0) atomicAdd(&starts[expert + 1], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int e = 1; e <= num_experts; ++e) starts[e] += starts[e - 1];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) expert_offsets[e] = starts[e];
+  if (expert < 0) return;
+  int rank = 0;  // earlier slots of the same expert: the sort is stable
+  for (int earlier = 0; earlier < slot; ++earlier) rank += experts[earlier] == expert;
+  const int position = starts[expert] + rank;
+  slot_tokens[position] = slot / top_k;
+  token_slots[slot] = position;
 }
 
 size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }

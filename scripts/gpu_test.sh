@@ -87,16 +87,13 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     done
   fi
 fi
-# Small-batch decode (1 to 16 sequences, context 512, bf16): with the fused decode kernels
-# and with the separate ones (MF_CUDA_FUSED_DECODE=0), MoLM-350M-4B and MoLM-700M-8B, each
-# step with its kernel count and against the bytes it must read at the measured copy rate.
+# Small-batch decode (1 to 16 sequences, context 512, bf16), MoLM-350M-4B and MoLM-700M-8B:
+# each step with its kernel count and against the bytes it must read at the measured copy rate.
 if [ -n "${DECODE_BENCH:-}" ]; then
   for config in molm-350m-4b molm-700m-8b; do
-    for fused in 1 0; do
-      MF_CUDA_FUSED_DECODE=$fused "$BUNDLE/bench/step_bench" --device cuda --precision bf16 \
-        --random-weights "$BUNDLE/configs/$config.json" --decode-batches "${DECODE_BATCHES:-1,2,4,8,16}" --context 512 \
-        --prefill-prompts 0 2>&1 | sed "s/^/$config fused=$fused: /" | tee -a "$OUT/decode_bench.txt" || status=1
-    done
+    "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --random-weights "$BUNDLE/configs/$config.json" \
+      --decode-batches "${DECODE_BATCHES:-1,2,4,8,16}" --context 512 --prefill-prompts 0 2>&1 \
+      | sed "s/^/$config: /" | tee -a "$OUT/decode_bench.txt" || status=1
   done
 fi
 # The server under load on the MoLM-350M-4B shape (random weights, the GPU defaults: bf16,

@@ -78,9 +78,6 @@ void CudaBackend::StickBreakingAttention(const Tensor& queries, const RoutingPla
     if (partial_out.empty() || partial_mass.empty()) return;
     args.partial_out = Ptr<float>(partial_out);
     args.partial_mass = Ptr<float>(partial_mass);
-    if (fused_decode_ && static_cast<int64_t>(args.num_tokens) * args.num_heads <= kArrivalCounters) {
-      args.split_counters = arrival_counters_;
-    }
   }
   Check(layer_cache.dtype == DType::kF32 ? kernels::StickBreakingAttention<float>(args, stream_)
                                          : kernels::StickBreakingAttention<__nv_bfloat16>(args, stream_),

@@ -59,8 +59,6 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
       cudaMemset(backend->arrival_counters_, 0, kArrivalCounters * sizeof(uint32_t)) != cudaSuccess) {
     return absl::ResourceExhaustedError("cuda: cannot allocate the kernels' arrival counters");
   }
-  const char* fused = std::getenv("MF_CUDA_FUSED_DECODE");
-  backend->fused_decode_ = fused == nullptr || std::string(fused) != "0";
   const char* graphs = std::getenv("MF_CUDA_GRAPHS");
   backend->graphs_enabled_ = !backend->timer_->enabled() && (graphs == nullptr || std::string(graphs) != "0");
   // Step buffers come from the stream-ordered pool; keep freed memory in the pool.
@@ -319,7 +317,7 @@ void CudaBackend::ArgmaxRows(const Tensor& logits, Tensor& tokens) {
   const int rows = Int(logits.rows()), width = Int(logits.cols());
   const int chunks = kernels::ArgmaxChunks(rows, width);
   Tensor workspace;
-  if (chunks > 1 && rows <= kArrivalCounters) workspace = Scratch(DType::kI32, {static_cast<int64_t>(rows) * chunks, 2});
+  if (chunks > 1) workspace = Scratch(DType::kI32, {static_cast<int64_t>(rows) * chunks, 2});
   Check(kernels::ArgmaxRows(Ptr<float>(logits), rows, width, Ptr<int32_t>(tokens), stream_, workspace.data,
                             workspace.empty() ? nullptr : arrival_counters_),
         "argmax");

@@ -22,7 +22,6 @@
 #include "engine/backend.h"
 #include "engine/cuda/cuda_op_timer.h"
 #include "engine/cuda/segment_gemm.h"
-#include "kernels/expert_gemv.h"
 #include "kernels/prefill_attention.h"
 
 namespace mf {
@@ -63,15 +62,9 @@ class CudaBackend : public Backend {
   absl::Status RouterLogits(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                             Tensor& logits) override;
   absl::Status Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) override;
-  // Decode-sized batches (up to 16 tokens): one kernel (kernels/decode_gate.cu).
-  absl::Status NormAndRoute(const Tensor& x, const GateWeights& gate, const KvWrite* kv, Tensor& normed,
-                            Tensor& router_logits, RoutingPlan& plan) override;
   void ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gather_by_token, const Tensor& experts,
                   ExpertActivation activation, Tensor& out) override;
   void CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) override;
-  // Up to 64 slots: one GEMV launch whose last blocks do the combine.
-  absl::Status ExpertGemmCombine(const Tensor& x, const RoutingPlan& plan, const Tensor& experts,
-                                 Tensor& residual) override;
   void WriteKv(const Tensor& key, const Tensor* value, const StepLayout& layout, Tensor& layer_cache) override;
   void StickBreakingAttention(const Tensor& queries, const RoutingPlan& plan, const StepLayout& layout,
                               const Tensor& layer_cache, const AttentionShape& shape, Tensor& out) override;
@@ -93,10 +86,6 @@ class CudaBackend : public Backend {
   void Check(cudaError_t error, const char* what);
   void Check(cublasStatus_t status, const char* what);
   Tensor Scratch(DType dtype, std::vector<int64_t> shape);
-  // The plan's device arrays for num_tokens tokens (token_experts/gates only if unset).
-  absl::Status AllocatePlan(int num_tokens, int top_k, int num_experts, RoutingPlan& plan);
-  // The split-reduction GEMV for up to kMaxGemvSlots slots (kernels/expert_gemv.cu).
-  void ExpertGemv(kernels::ExpertGemvArgs args, const char* what);
   // Activations as bf16 GEMM input: [rows, k], or [2, rows, k] (value, remainder) when exact.
   Tensor ToGemmInput(const Tensor& x, const int32_t* gather_rows, int rows, int k);
   int num_halves() const { return precision_ == CudaPrecision::kExact ? 2 : 1; }
@@ -139,13 +128,11 @@ class CudaBackend : public Backend {
   cublasLtHandle_t cublas_lt_ = nullptr;
   void* cublas_workspace_ = nullptr;
   std::unique_ptr<SegmentGemm> segment_gemm_;  // null: segments through cublasGemmEx
-  // Zeroed words the kernels that finish in their last block count arrivals on (each
-  // leaves them at zero); they run one after another on stream_, so they share them.
+  // Zeroed words that kernels finishing in their last block (the split argmax) count
+  // arrivals on, each leaving them at zero; kernels run one after another on stream_, so
+  // they share them.
   uint32_t* arrival_counters_ = nullptr;
   static constexpr int kArrivalCounters = 8192;
-  // The fused small-batch kernels (gate, product + combine, attention splits combined in
-  // place); MF_CUDA_FUSED_DECODE=0 runs the separate kernels, for comparison.
-  bool fused_decode_ = true;
   bool graphs_enabled_ = true;
   int64_t graphs_replayed_ = 0;
   int64_t last_recorded_kernels_ = 0;

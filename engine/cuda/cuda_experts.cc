@@ -1,13 +1,11 @@
 // Mixture-of-experts steps on the CUDA backend: router logits, top-k routing and the
 // grouping of token slots by expert, the expert products (GEMV, grouped tensor-core
 // kernel or per-expert cuBLAS by batch size) and the gated combine back to token order.
-#include <algorithm>
 #include <cstdlib>
 #include <vector>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_tensor.h"
-#include "kernels/decode_gate.h"
 #include "kernels/elementwise.h"
 #include "kernels/expert_gemv.h"
 #include "kernels/expert_mma.h"
@@ -55,7 +53,9 @@ absl::Status CudaBackend::RouterLogits(const Tensor& x, const Tensor& w1, const 
   return status_;
 }
 
-absl::Status CudaBackend::AllocatePlan(int num_tokens, int top_k, int num_experts, RoutingPlan& plan) {
+absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) {
+  CudaOpTimer::Scope scope(*timer_, "route");
+  const int num_tokens = Int(router_logits.rows()), num_experts = Int(router_logits.cols());
   const int64_t slots = static_cast<int64_t>(num_tokens) * top_k;
   plan.num_tokens = num_tokens;
   plan.top_k = top_k;
@@ -75,14 +75,6 @@ absl::Status CudaBackend::AllocatePlan(int num_tokens, int top_k, int num_expert
     if (!allocated.ok()) return allocated.status();
     *tensor = *std::move(allocated);
   }
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingPlan& plan) {
-  CudaOpTimer::Scope scope(*timer_, "route");
-  const int num_tokens = Int(router_logits.rows()), num_experts = Int(router_logits.cols());
-  const int64_t slots = static_cast<int64_t>(num_tokens) * top_k;
-  if (absl::Status allocated = AllocatePlan(num_tokens, top_k, num_experts, plan); !allocated.ok()) return allocated;
   Check(kernels::SoftmaxTopK(Ptr<float>(router_logits), num_tokens, num_experts, top_k, Ptr<int32_t>(plan.token_experts),
                              Ptr<float>(plan.token_gates), stream_),
         "softmax top-k");
@@ -92,50 +84,6 @@ absl::Status CudaBackend::Route(const Tensor& router_logits, int top_k, RoutingP
                                Ptr<int32_t>(plan.expert_offsets), Ptr<int32_t>(plan.slot_tokens),
                                Ptr<int32_t>(plan.token_slots), workspace.data, workspace_bytes, stream_),
         "group by expert");
-  return status_;
-}
-
-absl::Status CudaBackend::NormAndRoute(const Tensor& x, const GateWeights& gate, const KvWrite* kv, Tensor& normed,
-                                       Tensor& router_logits, RoutingPlan& plan) {
-  const int num_tokens = Int(x.rows()), d = Int(x.cols()), g = Int(gate.w1->rows()), num_experts = Int(gate.w2->rows());
-  // The fused kernel writes whole normed rows to the cache (K = V, rows of d values).
-  const bool cache_fits = kv == nullptr || (kv->cache->cols() == d && kv->layout->num_tokens == num_tokens);
-  if (!fused_decode_ || !cache_fits || !kernels::DecodeGateSupports(num_tokens, d, g, num_experts, gate.top_k)) {
-    return Backend::NormAndRoute(x, gate, kv, normed, router_logits, plan);
-  }
-  CudaOpTimer::Scope scope(*timer_, "gate");
-  if (absl::Status allocated = AllocatePlan(num_tokens, gate.top_k, num_experts, plan); !allocated.ok()) return allocated;
-  Tensor hidden = Scratch(DType::kF32, {num_tokens, g});
-  if (hidden.empty()) return status_;
-  kernels::DecodeGateArgs args;
-  args.x = Ptr<float>(x);
-  args.num_tokens = num_tokens;
-  args.d = d;
-  args.ln_weight = Ptr<float>(*gate.ln_weight);
-  args.ln_bias = Ptr<float>(*gate.ln_bias);
-  args.eps = gate.eps;
-  args.w1 = Ptr<float>(*gate.w1);
-  args.b1 = Ptr<float>(*gate.b1);
-  args.w2 = Ptr<float>(*gate.w2);
-  args.g = g;
-  args.num_experts = num_experts;
-  args.top_k = gate.top_k;
-  args.normed = Ptr<float>(normed);
-  args.hidden = Ptr<float>(hidden);
-  args.logits = Ptr<float>(router_logits);
-  args.token_experts = Ptr<int32_t>(plan.token_experts);
-  args.token_gates = Ptr<float>(plan.token_gates);
-  args.expert_offsets = Ptr<int32_t>(plan.expert_offsets);
-  args.slot_tokens = Ptr<int32_t>(plan.slot_tokens);
-  args.token_slots = Ptr<int32_t>(plan.token_slots);
-  if (kv != nullptr) {
-    args.kv_cache = kv->cache->data;
-    args.kv_cache_bf16 = kv->cache->dtype == DType::kBF16;
-    args.cache_rows = Ptr<int32_t>(kv->layout->cache_rows);
-    args.row_width = Int(kv->cache->cols());
-  }
-  args.counter = arrival_counters_;
-  Check(kernels::DecodeGate(args, stream_), "decode gate");
   return status_;
 }
 
@@ -166,21 +114,15 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
     return;
   }
   if (slots <= kMaxGemvSlots) {
-    // The GEMV kernel gathers and rounds the fp32 activations itself, and applies the
-    // activation on its way out.
-    kernels::ExpertGemvArgs args;
-    args.x = Ptr<float>(x);
-    args.gather = gather;
-    args.num_slots = Int(slots);
-    args.k = in;
-    args.expert_offsets = Ptr<int32_t>(plan.expert_offsets);
-    args.num_experts = plan.num_experts;
-    args.weights = Ptr<__nv_bfloat16>(experts);
-    args.n = out_features;
-    args.epilogue = activation == ExpertActivation::kGeluNew ? kernels::GemvEpilogue::kGeluNew
-                                                             : kernels::GemvEpilogue::kNone;
-    args.out = Ptr<float>(out);
-    ExpertGemv(args, "expert gemv");
+    // The GEMV kernel converts, gathers and splits the fp32 activations itself, and applies
+    // the activation with its reduction.
+    Tensor workspace = Scratch(
+        DType::kF32, {static_cast<int64_t>(kernels::ExpertGemvWorkspaceFloats(num_halves(), Int(slots), in, out_features))});
+    if (workspace.empty()) return;
+    Check(kernels::ExpertGemv(Ptr<float>(x), gather, num_halves(), Int(slots), in, Ptr<int32_t>(plan.expert_offsets),
+                              plan.num_experts, Ptr<__nv_bfloat16>(experts), out_features,
+                              activation == ExpertActivation::kGeluNew, Ptr<float>(workspace), Ptr<float>(out), stream_),
+          "expert gemv");
     return;
   }
   // A bf16 hidden input (the MLP's second product) is already the GEMM's input.
@@ -247,44 +189,6 @@ void CudaBackend::ExpertGemmCublas(const Tensor& input, const RoutingPlan& plan,
                       Ptr<float>(halves) + static_cast<int64_t>(begin) * out_features,
                       static_cast<int64_t>(slots) * out_features);
   }
-}
-
-void CudaBackend::ExpertGemv(kernels::ExpertGemvArgs args, const char* what) {
-  args.round_to_bf16 = precision_ == CudaPrecision::kBf16;
-  Tensor workspace = Scratch(DType::kF32, {static_cast<int64_t>(std::max<size_t>(
-                                              1, kernels::ExpertGemvWorkspaceFloats(args.num_slots, args.num_experts,
-                                                                                    args.k, args.n)))});
-  if (workspace.empty()) return;
-  args.workspace = Ptr<float>(workspace);
-  args.counters = arrival_counters_;
-  Check(kernels::ExpertGemv(args, stream_), what);
-}
-
-absl::Status CudaBackend::ExpertGemmCombine(const Tensor& x, const RoutingPlan& plan, const Tensor& experts,
-                                            Tensor& residual) {
-  const int64_t slots = static_cast<int64_t>(plan.num_tokens) * plan.top_k;
-  const int out_features = Int(experts.shape[2]);
-  if (!fused_decode_ || slots > kMaxGemvSlots || x.dtype != DType::kF32 ||
-      kernels::ExpertGemvCounters(out_features) > kArrivalCounters) {
-    return Backend::ExpertGemmCombine(x, plan, experts, residual);
-  }
-  CudaOpTimer::Scope scope(*timer_, "expert_gemm_combine");
-  kernels::ExpertGemvArgs args;
-  args.x = Ptr<float>(x);
-  args.num_slots = Int(slots);
-  args.k = Int(experts.shape[1]);
-  args.expert_offsets = Ptr<int32_t>(plan.expert_offsets);
-  args.num_experts = plan.num_experts;
-  args.weights = Ptr<__nv_bfloat16>(experts);
-  args.n = out_features;
-  args.epilogue = kernels::GemvEpilogue::kCombine;
-  args.gates = Ptr<float>(plan.token_gates);
-  args.token_slots = Ptr<int32_t>(plan.token_slots);
-  args.num_tokens = plan.num_tokens;
-  args.top_k = plan.top_k;
-  args.residual = Ptr<float>(residual);
-  ExpertGemv(args, "expert gemv + combine");
-  return status_;
 }
 
 void CudaBackend::CombineExperts(const Tensor& slot_out, const RoutingPlan& plan, Tensor& residual) {

@@ -116,87 +116,6 @@ TEST_F(CudaBackendTest, RouterLogitsMatchCpu) {
   }
 }
 
-// A mixture's gate in one call: up to 16 tokens in the fused decode kernel, beyond in the
-// separate ones. The normed rows, their cache rows (K = V), the router logits and the whole
-// routing plan as the CPU computes them; a second call gives the same bits (the kernel's
-// arrival counter is left at zero).
-TEST_F(CudaBackendTest, NormAndRouteMatchesCpu) {
-  const int d = 1024, gate_units = 256, experts = 32, top_k = 2, cache_rows = 64;
-  const std::vector<float> w1 = RandomBf16Values(gate_units * d, rng_, 0.03f),
-                           b1 = RandomBf16Values(gate_units, rng_, 0.1f),
-                           w2 = RandomBf16Values(experts * gate_units, rng_, 0.06f),
-                           gamma = RandomBf16Values(d, rng_), beta = RandomBf16Values(d, rng_, 0.1f);
-  auto bf16_backend = CudaBackend::Create(0, CudaPrecision::kBf16);
-  ASSERT_TRUE(bf16_backend.ok());
-  struct Result {
-    std::vector<float> normed, logits, gates, cache;
-    std::vector<int32_t> experts, offsets, slot_tokens, token_slots;
-  };
-  for (int tokens : {1, 3, 8, 16, 17}) {
-    std::vector<float> x = RandomBf16Values(static_cast<size_t>(tokens) * d, rng_, 2.0f);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += 0.5f;  // a mean for the LayerNorm to remove
-    std::vector<int32_t> rows;
-    for (int t = 0; t < tokens; ++t) rows.push_back((t * 7 + 3) % cache_rows);
-    std::vector<Result> results;
-    std::vector<Backend*> backends = {&cpu_, cuda_.get(), cuda_.get(), bf16_backend->get()};
-    for (Backend* backend : backends) {
-      Tensor w1_t = *backend->UploadWeight(HostF32({gate_units, d}, w1), WeightUse::kRouter);
-      Tensor b1_t = *backend->UploadWeight(HostF32({gate_units}, b1), WeightUse::kRouter);
-      Tensor w2_t = *backend->UploadWeight(HostF32({experts, gate_units}, w2), WeightUse::kRouter);
-      Tensor gamma_t = *backend->UploadWeight(HostF32({d}, gamma), WeightUse::kVector);
-      Tensor beta_t = *backend->UploadWeight(HostF32({d}, beta), WeightUse::kVector);
-      Tensor cache = *backend->Allocate(backend->kv_cache_dtype(), {cache_rows, d});
-      const std::vector<uint8_t> zeros(cache.num_bytes());
-      backend->CopyFromHost(zeros.data(), cache);
-      StepLayout layout;
-      layout.num_tokens = tokens;
-      layout.cache_rows = Ints(*backend, {tokens}, rows);
-      const KvWrite kv{&layout, &cache};
-      const GateWeights gate{&gamma_t, &beta_t, 1e-5f, &w1_t, &b1_t, &w2_t, top_k};
-      Tensor normed = *backend->Allocate(DType::kF32, {tokens, d});
-      Tensor logits = *backend->Allocate(DType::kF32, {tokens, experts});
-      RoutingPlan plan;
-      ASSERT_TRUE(backend->NormAndRoute(OnBoth(*backend, {tokens, d}, x), gate, &kv, normed, logits, plan).ok());
-      Result result;
-      result.normed = Read(*backend, normed);
-      result.logits = Read(*backend, logits);
-      result.gates = Read(*backend, plan.token_gates);
-      result.cache = Read(*backend, cache);
-      for (auto [tensor, host] : {std::pair{&plan.token_experts, &result.experts},
-                                  std::pair{&plan.expert_offsets, &result.offsets},
-                                  std::pair{&plan.slot_tokens, &result.slot_tokens},
-                                  std::pair{&plan.token_slots, &result.token_slots}}) {
-        host->resize(static_cast<size_t>(tensor->num_elements()));
-        backend->CopyToHost(*tensor, host->data());
-      }
-      results.push_back(std::move(result));
-    }
-    ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
-    ASSERT_TRUE((*bf16_backend)->status().ok()) << (*bf16_backend)->status();
-    const Result &cpu = results[0], &exact = results[1], &again = results[2], &bf16 = results[3];
-    EXPECT_LT(MaxError(exact.normed, cpu.normed), 1e-5) << tokens << " tokens";
-    EXPECT_LT(MaxError(exact.logits, cpu.logits), 1e-5) << tokens << " tokens";
-    EXPECT_LT(MaxError(exact.gates, cpu.gates), 1e-5) << tokens << " tokens";
-    EXPECT_EQ(exact.experts, cpu.experts) << tokens << " tokens";
-    EXPECT_EQ(exact.offsets, cpu.offsets) << tokens << " tokens";
-    EXPECT_EQ(exact.slot_tokens, cpu.slot_tokens) << tokens << " tokens";
-    EXPECT_EQ(exact.token_slots, cpu.token_slots) << tokens << " tokens";
-    EXPECT_LT(MaxError(exact.cache, cpu.cache), 1e-5) << tokens << " tokens";
-    EXPECT_EQ(again.normed, exact.normed);
-    EXPECT_EQ(again.logits, exact.logits);
-    EXPECT_EQ(again.offsets, exact.offsets);
-    // bf16 mode: the same normed rows, rounded to bf16 in its cache.
-    EXPECT_LT(MaxError(bf16.normed, cpu.normed), 1e-5) << tokens << " tokens";
-    EXPECT_LT(MaxError(bf16.cache, cpu.cache), 1.0 / 256) << tokens << " tokens";
-    int written_rows = 0;
-    for (int row = 0; row < cache_rows; ++row) {
-      written_rows += std::any_of(cpu.cache.begin() + row * d, cpu.cache.begin() + (row + 1) * d,
-                                  [](float value) { return value != 0.0f; });
-    }
-    EXPECT_EQ(written_rows, tokens);
-  }
-}
-
 TEST_F(CudaBackendTest, ArgmaxRowsPicksTheLowestIdAmongTies) {
   const int rows = 5, vocab = 50295;
   std::vector<float> logits = RandomBf16Values(static_cast<size_t>(rows) * vocab, rng_);
@@ -235,7 +154,6 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
   const std::vector<float> x = RandomBf16Values(tokens * width, rng_), w_in = RandomBf16Values(experts * width * hidden, rng_, 0.1f),
                            w_out = RandomBf16Values(experts * hidden * width, rng_, 0.1f), residual = RandomBf16Values(tokens * width, rng_);
   std::vector<std::vector<float>> results;
-  std::vector<std::vector<float>> fused;
   std::vector<std::vector<int32_t>> offsets;
   auto bf16_backend = CudaBackend::Create(0, CudaPrecision::kBf16);
   ASSERT_TRUE(bf16_backend.ok());
@@ -256,14 +174,6 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
     Tensor hidden_state = OnBoth(*backend, {tokens, width}, residual);
     backend->CombineExperts(projected, plan, hidden_state);
     results.push_back(Read(*backend, hidden_state));
-    // The second product and the combine in one call (fused up to 64 slots).
-    Tensor fused_state = OnBoth(*backend, {tokens, width}, residual);
-    ASSERT_TRUE(backend
-                    ->ExpertGemmCombine(inner, plan,
-                                        *backend->UploadWeight(HostF32({experts, hidden, width}, w_out), WeightUse::kMatrix),
-                                        fused_state)
-                    .ok());
-    fused.push_back(Read(*backend, fused_state));
   }
   ASSERT_TRUE(cuda_->status().ok()) << cuda_->status();
   ASSERT_TRUE((*bf16_backend)->status().ok()) << (*bf16_backend)->status();
@@ -274,9 +184,6 @@ TEST_P(CudaExpertTest, RoutingGroupedGemmAndCombineWithSkewedAndEmptyExperts) {
   EXPECT_LT(MaxError(results[1], results[0]), 1e-4);
   // bf16 mode rounds the activations entering each product to bf16 (relative 2^-9 each).
   EXPECT_LT(MaxError(results[2], results[0]), 2e-2);
-  EXPECT_EQ(fused[0], results[0]);
-  EXPECT_LT(MaxError(fused[1], results[0]), 1e-4);
-  EXPECT_LT(MaxError(fused[2], results[0]), 2e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokens, CudaExpertTest, ::testing::Values(6200, 2100, 2000, 300, 200, 100, 40, 20, 1));
