@@ -10,7 +10,8 @@ FIXTURES="${MF_FIXTURES_DIR:-$PWD/tests/fixtures}"
 BUNDLE=.device/bundle
 rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/lib" "$BUNDLE/bench" "$BUNDLE/fixtures"
 binaries=("$BUILD_DIR/tests/kernel_tests" "$BUILD_DIR/moduleformer" "$BUILD_DIR/moduleformer-server"
-          "$BUILD_DIR/libmf_cuda_backend.so" "$BUILD_DIR/bench/step_bench" "$BUILD_DIR/bench/loadgen" "$BUILD_DIR/bench/expert_gemm_bench")
+          "$BUILD_DIR/libmf_cuda_backend.so" "$BUILD_DIR/bench/step_bench" "$BUILD_DIR/bench/loadgen" "$BUILD_DIR/bench/expert_gemm_bench"
+          "$BUILD_DIR/bench/launch_chain_bench")
 for bin in "${binaries[@]}"; do
   case "$bin" in */bench/*) cp "$bin" "$BUNDLE/bench/" ;; *) cp "$bin" "$BUNDLE/" ;; esac
   ldd "$bin" | awk '/=> \//{print $3}' | while read -r lib; do

@@ -77,6 +77,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # Expert product options on one prompt-sized mixture (per-expert cuBLAS with known and
   # changing segment sizes, the cuBLASLt plans the backend uses, grouped kernels, dense).
   "$BUNDLE/bench/expert_gemm_bench" --tokens 16384 2>&1 | tee "$OUT/expert_gemm_bench.txt" || status=1
+  # What a dependent kernel boundary costs in a replayed graph, plain or overlapped
+  # (programmatic dependent launch), with and without allocations between kernels.
+  "$BUNDLE/bench/launch_chain_bench" --kernels 168 2>&1 | tee "$OUT/launch_chain_bench.txt" || status=1
   # Where the time goes (CUDA events per backend operation), one workload at a time.
   if [ -n "${OP_TIMING:-}" ]; then
     for workload in "--decode-batches 1 --prefill-prompts 0" "--decode-batches 256 --prefill-prompts 0" \
