@@ -1,6 +1,5 @@
 #include <algorithm>
 
-#include "kernels/launch.cuh"
 #include "kernels/attention.h"
 #include "kernels/decode_attention.cuh"
 #include "kernels/stick_breaking.cuh"
@@ -25,7 +24,6 @@ template <typename CacheT>
 __global__ void WriteKvKernel(const float* __restrict__ key, const float* __restrict__ value,
                               const int32_t* __restrict__ cache_rows, int key_width, int row_width,
                               CacheT* __restrict__ cache) {
-  WaitForPriorKernels();
   const int token = blockIdx.x;
   CacheT* row = cache + static_cast<int64_t>(cache_rows[token]) * row_width;
   for (int c = threadIdx.x; c < key_width; c += blockDim.x) {
@@ -44,7 +42,6 @@ constexpr int kValuesInFlight = 4;  // value rows a thread loads before using th
 // weighted sum of values, threads owning 8 dimensions each and splitting the keys.
 template <typename CacheT, int kMaxTopK>
 __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs args) {
-  WaitForPriorKernels();
   const CacheT* cache = static_cast<const CacheT*>(args.cache);
   __shared__ float logits[kMaxTopK][kChunk];  // then the weights
   __shared__ float chunk_mass[kMaxTopK];      // Σ softplus over the pass's keys, per slot
@@ -199,7 +196,6 @@ __global__ void __launch_bounds__(kThreads) StickBreakingKernel(AttentionArgs ar
 // scales come first (one thread, from masses staged in shared memory), so the partial
 // outputs' loads do not wait on one another: 16 splits' values are in flight at once.
 __global__ void CombineSplitsKernel(AttentionArgs args) {
-  WaitForPriorKernels();
   extern __shared__ float split_scale[];  // [num_splits rounded up to 8]
   __shared__ int used_splits;
   const int slot = blockIdx.x / args.num_heads;
@@ -247,7 +243,7 @@ template <typename CacheT>
 cudaError_t WriteKv(const float* key, const float* value, const int32_t* cache_rows, int num_tokens, int key_width,
                     int row_width, CacheT* cache, cudaStream_t stream) {
   if (num_tokens > 0) {
-    Launch(WriteKvKernel<CacheT>, num_tokens, 256, 0, stream, key, value, cache_rows, key_width, row_width, cache);
+    WriteKvKernel<CacheT><<<num_tokens, 256, 0, stream>>>(key, value, cache_rows, key_width, row_width, cache);
   }
   return cudaGetLastError();
 }
@@ -276,17 +272,17 @@ cudaError_t StickBreakingAttention(const AttentionArgs& args, cudaStream_t strea
   if (LaunchWarpSplitAttention<CacheT>(args, stream)) {
     // the common shapes: kernels/decode_attention.cu
   } else if (args.top_k <= 2) {
-    Launch(StickBreakingKernel<CacheT, 2>, grid, kThreads, shared, stream, args);
+    StickBreakingKernel<CacheT, 2><<<grid, kThreads, shared, stream>>>(args);
   } else {
     const cudaError_t configured = cudaFuncSetAttribute(
         StickBreakingKernel<CacheT, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
     if (configured != cudaSuccess) return configured;
-    Launch(StickBreakingKernel<CacheT, 8>, grid, kThreads, shared, stream, args);
+    StickBreakingKernel<CacheT, 8><<<grid, kThreads, shared, stream>>>(args);
   }
   if (args.num_splits > 1) {
     // Scales padded to a multiple of 8 (whole 16-byte pieces of shared memory).
     const size_t scale_bytes = (args.num_splits + 7) / 8 * 8 * sizeof(float);
-    Launch(CombineSplitsKernel, args.num_slots * args.num_heads, kThreads, scale_bytes, stream, args);
+    CombineSplitsKernel<<<args.num_slots * args.num_heads, kThreads, scale_bytes, stream>>>(args);
   }
   return cudaGetLastError();
 }

@@ -1,4 +1,3 @@
-#include "kernels/launch.cuh"
 #include "kernels/elementwise.h"
 
 #include "kernels/activations.cuh"
@@ -13,7 +12,6 @@ int Blocks(int64_t count) { return static_cast<int>((count + kThreads - 1) / kTh
 
 __global__ void EmbedKernel(const __nv_bfloat16* __restrict__ table, const int32_t* __restrict__ ids, int width,
                             float* __restrict__ out) {
-  WaitForPriorKernels();
   const __nv_bfloat16* row = table + static_cast<int64_t>(ids[blockIdx.x]) * width;
   for (int c = threadIdx.x; c < width; c += blockDim.x) {
     out[static_cast<int64_t>(blockIdx.x) * width + c] = __bfloat162float(row[c]);
@@ -24,7 +22,6 @@ __global__ void EmbedKernel(const __nv_bfloat16* __restrict__ table, const int32
 // reference does. Rows whose width is a multiple of four move as float4.
 __global__ void LayerNormKernel(const float* __restrict__ x, const float* __restrict__ weight,
                                 const float* __restrict__ bias, float eps, int width, float* __restrict__ out) {
-  WaitForPriorKernels();
   __shared__ float partial[32];
   const float* row = x + static_cast<int64_t>(blockIdx.x) * width;
   float* destination = out + static_cast<int64_t>(blockIdx.x) * width;
@@ -110,7 +107,6 @@ __global__ void SumHalvesKernel(const float* __restrict__ halves, int64_t count,
 
 __global__ void GatherRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int width,
                                  float* __restrict__ out) {
-  WaitForPriorKernels();
   const int64_t source = rows[blockIdx.x];
   for (int c = threadIdx.x; c < width; c += blockDim.x) {
     out[static_cast<int64_t>(blockIdx.x) * width + c] = x[source * width + c];
@@ -135,7 +131,6 @@ __global__ void GeluNewKernel(float* __restrict__ x, int64_t count) {
 __global__ void CombineExpertsKernel(const float* __restrict__ slot_out, const float* __restrict__ gates,
                                      const int32_t* __restrict__ token_slots, int top_k, int width,
                                      float* __restrict__ residual) {
-  WaitForPriorKernels();
   const int token = blockIdx.x;
   float* destination = residual + static_cast<int64_t>(token) * width;
   if (width % 4 == 0) {
@@ -167,13 +162,13 @@ __global__ void CombineExpertsKernel(const float* __restrict__ slot_out, const f
 
 cudaError_t Embed(const __nv_bfloat16* table, const int32_t* ids, int num_tokens, int width, float* out,
                   cudaStream_t stream) {
-  if (num_tokens > 0) Launch(EmbedKernel, num_tokens, kThreads, 0, stream, table, ids, width, out);
+  if (num_tokens > 0) EmbedKernel<<<num_tokens, kThreads, 0, stream>>>(table, ids, width, out);
   return cudaGetLastError();
 }
 
 cudaError_t LayerNorm(const float* x, const float* weight, const float* bias, float eps, int rows, int width,
                       float* out, cudaStream_t stream) {
-  if (rows > 0) Launch(LayerNormKernel, rows, kThreads, 0, stream, x, weight, bias, eps, width, out);
+  if (rows > 0) LayerNormKernel<<<rows, kThreads, 0, stream>>>(x, weight, bias, eps, width, out);
   return cudaGetLastError();
 }
 
@@ -200,7 +195,7 @@ cudaError_t SumHalves(const float* halves, int64_t count, float* out, cudaStream
 }
 
 cudaError_t GatherRows(const float* x, const int32_t* rows, int num_rows, int width, float* out, cudaStream_t stream) {
-  if (num_rows > 0) Launch(GatherRowsKernel, num_rows, kThreads, 0, stream, x, rows, width, out);
+  if (num_rows > 0) GatherRowsKernel<<<num_rows, kThreads, 0, stream>>>(x, rows, width, out);
   return cudaGetLastError();
 }
 
@@ -223,7 +218,7 @@ cudaError_t GeluNew(float* x, int64_t count, cudaStream_t stream) {
 cudaError_t CombineExperts(const float* slot_out, const float* gates, const int32_t* token_slots, int num_tokens,
                            int top_k, int width, float* residual, cudaStream_t stream) {
   if (num_tokens > 0) {
-    Launch(CombineExpertsKernel, num_tokens, kThreads, 0, stream, slot_out, gates, token_slots, top_k, width, residual);
+    CombineExpertsKernel<<<num_tokens, kThreads, 0, stream>>>(slot_out, gates, token_slots, top_k, width, residual);
   }
   return cudaGetLastError();
 }

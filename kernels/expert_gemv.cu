@@ -1,4 +1,3 @@
-#include "kernels/launch.cuh"
 #include "kernels/expert_gemv.h"
 
 #include <algorithm>
@@ -64,7 +63,6 @@ __global__ void __launch_bounds__(kThreads)
     PartialKernel(const float* __restrict__ x, const int32_t* __restrict__ gather, int num_halves, int num_slots, int k,
                   int slice_rows, const int32_t* __restrict__ offsets, int num_experts,
                   const __nv_bfloat16* __restrict__ weights, int n, float* __restrict__ partial) {
-  WaitForPriorKernels();
   __shared__ float staged[kRowsPerPass][kMaxSlice];
   const int slices = Slices(k, slice_rows);
   const int expert = ActiveExpert(offsets, num_experts, blockIdx.y / slices), slice = blockIdx.y % slices;
@@ -128,7 +126,6 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kSliceGroups * 32)
     ReduceKernel(const float4* __restrict__ partial, int num_halves, int num_slots, int slices, int n, bool gelu_new,
                  float4* __restrict__ out) {
-  WaitForPriorKernels();
   __shared__ float4 sums[kSliceGroups][32];
   const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * 32 + lane;
@@ -183,10 +180,11 @@ cudaError_t ExpertGemv(const float* x, const int32_t* gather, int num_halves, in
   const int slice_rows = SliceFor(num_slots);
   const int active_experts = std::min(num_experts, num_slots);
   const dim3 grid((n + kColumnsPerBlock - 1) / kColumnsPerBlock, active_experts * Slices(k, slice_rows));
-  Launch(PartialKernel, grid, kThreads, 0, stream, x, gather, num_halves, num_slots, k, slice_rows, expert_offsets,
+  PartialKernel<<<grid, kThreads, 0, stream>>>(x, gather, num_halves, num_slots, k, slice_rows, expert_offsets,
                                                num_experts, weights, n, workspace);
   const int64_t outputs = static_cast<int64_t>(num_slots) * n / 4;
-  Launch(ReduceKernel, static_cast<int>((outputs + 31) / 32), kSliceGroups * 32, 0, stream, reinterpret_cast<const float4*>(workspace), num_halves, num_slots, Slices(k, slice_rows), n, gelu_new,
+  ReduceKernel<<<static_cast<int>((outputs + 31) / 32), kSliceGroups * 32, 0, stream>>>(
+      reinterpret_cast<const float4*>(workspace), num_halves, num_slots, Slices(k, slice_rows), n, gelu_new,
       reinterpret_cast<float4*>(out));
   return cudaGetLastError();
 }

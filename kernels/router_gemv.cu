@@ -1,4 +1,3 @@
-#include "kernels/launch.cuh"
 #include "kernels/router_gemv.h"
 
 #include "kernels/activations.cuh"
@@ -23,7 +22,6 @@ __device__ float WarpSum(float value) {
 __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
     RouterHiddenKernel(const float* __restrict__ x, int num_tokens, int d, const float* __restrict__ w1,
                        const float* __restrict__ b1, int g, float* __restrict__ hidden) {
-  WaitForPriorKernels();
   extern __shared__ float4 staged[];  // [kTokensPerPass][d / 4]
   const int lane = threadIdx.x % kWarp;
   const int unit = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -71,7 +69,6 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
 __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
     RouterOutKernel(const float* __restrict__ hidden, int num_tokens, int g, const float* __restrict__ w2,
                     int num_experts, float* __restrict__ logits) {
-  WaitForPriorKernels();
   const int lane = threadIdx.x % kWarp;
   const int index = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
   if (index >= num_tokens * num_experts) return;
@@ -97,10 +94,10 @@ cudaError_t RouterGemv(const float* x, int num_tokens, int d, const float* w1, c
   if (!RouterGemvSupports(num_tokens, d)) return cudaErrorInvalidValue;
   const int threads = kWarp * kWarpsPerBlock;
   const size_t staged_bytes = static_cast<size_t>(kTokensPerPass) * d * sizeof(float);
-  Launch(RouterHiddenKernel, (g + kWarpsPerBlock - 1) / kWarpsPerBlock, threads, staged_bytes, stream, x, num_tokens, d, w1,
+  RouterHiddenKernel<<<(g + kWarpsPerBlock - 1) / kWarpsPerBlock, threads, staged_bytes, stream>>>(x, num_tokens, d, w1,
                                                                                                    b1, g, hidden);
   const int outputs = num_tokens * num_experts;
-  Launch(RouterOutKernel, (outputs + kWarpsPerBlock - 1) / kWarpsPerBlock, threads, 0, stream, hidden, num_tokens, g, w2,
+  RouterOutKernel<<<(outputs + kWarpsPerBlock - 1) / kWarpsPerBlock, threads, 0, stream>>>(hidden, num_tokens, g, w2,
                                                                                            num_experts, logits);
   return cudaGetLastError();
 }

@@ -1,6 +1,5 @@
 #include <cub/device/device_radix_sort.cuh>
 
-#include "kernels/launch.cuh"
 #include "kernels/routing.h"
 
 namespace mf::kernels {
@@ -12,7 +11,6 @@ constexpr int kMaxTopK = 32;
 // One warp per token: max and sum by warp shuffles, then k rounds of arg-max.
 __global__ void SoftmaxTopKKernel(const float* __restrict__ router_logits, int num_tokens, int num_experts, int top_k,
                                   int32_t* __restrict__ experts, float* __restrict__ gates) {
-  WaitForPriorKernels();
   const int token = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (token >= num_tokens) return;
@@ -86,7 +84,6 @@ __global__ void __launch_bounds__(kSmallSortSlots)
     SmallGroupKernel(const int32_t* __restrict__ token_experts, int num_slots, int top_k, int num_experts,
                      int32_t* __restrict__ expert_offsets, int32_t* __restrict__ slot_tokens,
                      int32_t* __restrict__ token_slots) {
-  WaitForPriorKernels();
   __shared__ int32_t experts[kSmallSortSlots];
   __shared__ int32_t starts[kSmallSortExperts + 1];
   const int slot = threadIdx.x;
@@ -132,7 +129,7 @@ cudaError_t SoftmaxTopK(const float* router_logits, int num_tokens, int num_expe
   if (num_tokens == 0) return cudaSuccess;
   constexpr int kWarpsPerBlock = 4;
   const int blocks = (num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  Launch(SoftmaxTopKKernel, blocks, kWarpsPerBlock * kWarp, 0, stream, router_logits, num_tokens, num_experts, top_k,
+  SoftmaxTopKKernel<<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(router_logits, num_tokens, num_experts, top_k,
                                                                    experts, gates);
   return cudaGetLastError();
 }
@@ -148,7 +145,7 @@ cudaError_t GroupByExpert(const int32_t* token_experts, int num_tokens, int top_
                           size_t workspace_bytes, cudaStream_t stream) {
   const int num_slots = num_tokens * top_k;
   if (num_slots <= kSmallSortSlots && num_experts <= kSmallSortExperts) {
-    Launch(SmallGroupKernel, 1, kSmallSortSlots, 0, stream, token_experts, num_slots, top_k, num_experts, expert_offsets,
+    SmallGroupKernel<<<1, kSmallSortSlots, 0, stream>>>(token_experts, num_slots, top_k, num_experts, expert_offsets,
                                                         slot_tokens, token_slots);
     return cudaGetLastError();
   }

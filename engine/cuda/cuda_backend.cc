@@ -3,14 +3,12 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_tensor.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/expert_mma.h"
-#include "kernels/launch.cuh"
 #include "kernels/sampling.h"
 
 namespace mf {
@@ -18,9 +16,6 @@ namespace {
 
 // What NVIDIA recommends for Hopper's cuBLAS kernels.
 constexpr size_t kCublasWorkspaceBytes = 32 << 20;
-// Recorded steps' scratch (a decode step of a few sequences takes a few MB at its peak);
-// what does not fit is allocated as usual. MF_CUDA_GRAPH_SCRATCH_MB overrides.
-constexpr size_t kDefaultCaptureArenaBytes = 256 << 20;
 
 using cuda::Int;
 using cuda::Ptr;
@@ -63,22 +58,6 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device, Cud
   if (cudaMalloc(&backend->arrival_counters_, kArrivalCounters * sizeof(uint32_t)) != cudaSuccess ||
       cudaMemset(backend->arrival_counters_, 0, kArrivalCounters * sizeof(uint32_t)) != cudaSuccess) {
     return absl::ResourceExhaustedError("cuda: cannot allocate the kernels' arrival counters");
-  }
-  // Overlapped launches (kernels/launch.cuh) need sm_90; MF_CUDA_OVERLAP=0 turns them off.
-  int major = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  const char* overlap = std::getenv("MF_CUDA_OVERLAP");
-  kernels::SetOverlappedLaunches(major >= 9 && (overlap == nullptr || std::string(overlap) != "0"));
-  const char* scratch_mb = std::getenv("MF_CUDA_GRAPH_SCRATCH_MB");
-  const size_t arena_bytes =
-      scratch_mb != nullptr ? static_cast<size_t>(std::atoll(scratch_mb)) << 20 : kDefaultCaptureArenaBytes;
-  void* arena_memory = nullptr;
-  if (arena_bytes > 0) {
-    if (cudaMalloc(&arena_memory, arena_bytes) != cudaSuccess) {
-      return absl::ResourceExhaustedError("cuda: cannot allocate the recorded steps' scratch");
-    }
-    backend->capture_memory_ = std::shared_ptr<void>(arena_memory, [](void* memory) { cudaFree(memory); });
-    backend->capture_arena_ = std::make_shared<CaptureArena>(arena_bytes);
   }
   const char* graphs = std::getenv("MF_CUDA_GRAPHS");
   backend->graphs_enabled_ = !backend->timer_->enabled() && (graphs == nullptr || std::string(graphs) != "0");
@@ -125,18 +104,6 @@ void CudaBackend::Check(cublasStatus_t status, const char* what) {
 
 absl::StatusOr<Tensor> CudaBackend::Allocate(DType dtype, std::vector<int64_t> shape) {
   Tensor tensor{dtype, std::move(shape), nullptr, nullptr};
-  if (capturing_ && capture_arena_ != nullptr) {
-    const size_t bytes = tensor.num_bytes();
-    if (const std::optional<size_t> offset = capture_arena_->Take(bytes)) {
-      tensor.data = static_cast<char*>(capture_memory_.get()) + *offset;
-      // The deleter keeps the arena and its memory alive, whatever outlives what.
-      tensor.storage = std::shared_ptr<void>(
-          tensor.data, [arena = capture_arena_, memory = capture_memory_, at = *offset, bytes](void*) {
-            arena->Give(at, bytes);
-          });
-      return tensor;
-    }
-  }
   void* memory = nullptr;
   const cudaError_t error = cudaMallocAsync(&memory, std::max<size_t>(tensor.num_bytes(), 1), stream_);
   if (error != cudaSuccess) {

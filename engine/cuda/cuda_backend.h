@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/cuda/capture_arena.h"
 #include "engine/cuda/cuda_op_timer.h"
 #include "engine/cuda/segment_gemm.h"
 #include "kernels/prefill_attention.h"
@@ -134,12 +133,6 @@ class CudaBackend : public Backend {
   // they share them.
   uint32_t* arrival_counters_ = nullptr;
   static constexpr int kArrivalCounters = 8192;
-  // Scratch of recorded steps: allocations made while a step is recorded are placed here
-  // (engine/cuda/capture_arena.h), so no allocation nodes sit between the graph's kernels
-  // and each kernel can start under the previous one's tail (kernels/launch.cuh).
-  std::shared_ptr<void> capture_memory_;
-  std::shared_ptr<CaptureArena> capture_arena_;
-  bool capturing_ = false;
   bool graphs_enabled_ = true;
   int64_t graphs_replayed_ = 0;
   int64_t last_recorded_kernels_ = 0;

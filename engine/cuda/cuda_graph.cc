@@ -49,18 +49,9 @@ absl::Status CudaBackend::RunRecorded(std::unique_ptr<RecordedWork>* record, abs
     graphs_enabled_ = false;
     return body();
   }
-  capturing_ = true;
   const absl::Status body_status = body();
-  capturing_ = false;
   cudaGraph_t graph = nullptr;
   const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-  if (capture_arena_ != nullptr && capture_arena_->in_use() != 0) {
-    // Something the step allocated outlives it: later recordings must not reuse its memory.
-    std::fprintf(stderr, "cuda: a recorded step kept %zu bytes of its scratch; recordings allocate as usual from now on\n",
-                 capture_arena_->in_use());
-    capture_arena_.reset();
-    capture_memory_.reset();
-  }
   cudaGraphExec_t exec = nullptr;
   cudaError_t instantiate = cudaErrorStreamCaptureInvalidated;
   if (end == cudaSuccess && body_status.ok() && status_.ok()) instantiate = cudaGraphInstantiate(&exec, graph, 0);
