@@ -1,5 +1,7 @@
 #include "kernels/router_gemv.h"
 
+#include <cstdint>
+
 #include "kernels/activations.cuh"
 
 namespace mf::kernels {
@@ -81,7 +83,118 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
   if (lane == 0) logits[index] = sum;
 }
 
+constexpr int kMmaTokens = 16;      // rows of a block's tile (one m16 fragment)
+constexpr int kMmaUnits = 32;       // gate units of a block's tile (four n8 fragments)
+constexpr int kMmaWarps = 8;        // split the reduction dimension eight ways
+constexpr int kMmaKBlock = 32;      // floats of a row a lane group loads per pass (8 per lane)
+constexpr int kMmaKBlocksInFlight = 2;
+
+__device__ __forceinline__ uint32_t ToTf32(float value) {
+  uint32_t rounded;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(rounded) : "f"(value));
+  return rounded;
+}
+
+// d[16x8] += a[16x8] · b[8x8] on TF32 tensor cores, fp32 accumulation.
+__device__ __forceinline__ void MmaTf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ float4 LoadOrZero(const float* source, bool valid) {
+  return valid ? __ldg(reinterpret_cast<const float4*>(source)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+}
+
+// hidden[t, u] = gelu_exact(b1[u] + x[t] · w1[u]) for a tile of 16 tokens x 32 units, on
+// TF32 tensor cores. Each warp takes an eighth of the reduction dimension; lanes load their
+// operands straight from global memory (x and w1 are small and stay in L2) 16 bytes at a
+// time. A k-step's eight columns are a permutation of the row (lane group t's columns
+// 8t + 2s and 8t + 2s + 1 at step s), the same for both operands, so the sums are unchanged.
+__global__ void __launch_bounds__(kMmaWarps * kWarp)
+    RouterHiddenMmaKernel(const float* __restrict__ x, int num_tokens, int d, const float* __restrict__ w1,
+                          const float* __restrict__ b1, int g, float* __restrict__ hidden) {
+  __shared__ float partial[kMmaWarps][kMmaTokens][kMmaUnits];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int group = lane / 4, in_group = lane % 4;
+  const int token0 = blockIdx.x * kMmaTokens, unit0 = blockIdx.y * kMmaUnits;
+  const int rows[2] = {token0 + group, token0 + group + 8};
+  const int k_per_warp = d / kMmaWarps;
+  const int k_begin = warp * k_per_warp, k_end = k_begin + k_per_warp;
+  float accumulators[kMmaUnits / 8][4] = {};
+  for (int k0 = k_begin; k0 < k_end; k0 += kMmaKBlock * kMmaKBlocksInFlight) {
+    float4 a[kMmaKBlocksInFlight][2][2], b[kMmaKBlocksInFlight][kMmaUnits / 8][2];
+#pragma unroll
+    for (int block = 0; block < kMmaKBlocksInFlight; ++block) {
+      const int column = k0 + block * kMmaKBlock + in_group * 8;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float* row = x + static_cast<int64_t>(rows[half]) * d + column;
+        a[block][half][0] = LoadOrZero(row, rows[half] < num_tokens);
+        a[block][half][1] = LoadOrZero(row + 4, rows[half] < num_tokens);
+      }
+#pragma unroll
+      for (int tile = 0; tile < kMmaUnits / 8; ++tile) {
+        const int unit = unit0 + tile * 8 + group;
+        const float* row = w1 + static_cast<int64_t>(unit) * d + column;
+        b[block][tile][0] = LoadOrZero(row, unit < g);
+        b[block][tile][1] = LoadOrZero(row + 4, unit < g);
+      }
+    }
+#pragma unroll
+    for (int block = 0; block < kMmaKBlocksInFlight; ++block) {
+#pragma unroll
+      for (int step = 0; step < 4; ++step) {
+        // Step s uses this lane's columns 2s and 2s + 1 of its eight.
+        auto pick = [step](const float4 (&pair)[2], int second) {
+          const float4& quad = pair[step / 2];
+          return step % 2 == 0 ? (second ? quad.y : quad.x) : (second ? quad.w : quad.z);
+        };
+        const uint32_t fragment_a[4] = {ToTf32(pick(a[block][0], 0)), ToTf32(pick(a[block][1], 0)),
+                                        ToTf32(pick(a[block][0], 1)), ToTf32(pick(a[block][1], 1))};
+#pragma unroll
+        for (int tile = 0; tile < kMmaUnits / 8; ++tile) {
+          const uint32_t fragment_b[2] = {ToTf32(pick(b[block][tile], 0)), ToTf32(pick(b[block][tile], 1))};
+          MmaTf32(accumulators[tile], fragment_a, fragment_b);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int tile = 0; tile < kMmaUnits / 8; ++tile) {
+    const int column = tile * 8 + 2 * in_group;
+    partial[warp][group][column] = accumulators[tile][0];
+    partial[warp][group][column + 1] = accumulators[tile][1];
+    partial[warp][group + 8][column] = accumulators[tile][2];
+    partial[warp][group + 8][column + 1] = accumulators[tile][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kMmaTokens * kMmaUnits; i += blockDim.x) {
+    const int row = i / kMmaUnits, column = i % kMmaUnits;
+    const int token = token0 + row, unit = unit0 + column;
+    if (token >= num_tokens || unit >= g) continue;
+    float sum = b1[unit];
+    for (int w = 0; w < kMmaWarps; ++w) sum += partial[w][row][column];  // fixed order: deterministic
+    hidden[static_cast<int64_t>(token) * g + unit] = GeluExactValue(sum);
+  }
+}
+
 }  // namespace
+
+bool RouterMmaSupports(int d) { return d > 0 && d % (kMmaWarps * kMmaKBlock * kMmaKBlocksInFlight) == 0; }
+
+cudaError_t RouterMma(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
+                      int num_experts, float* hidden, float* logits, cudaStream_t stream) {
+  if (num_tokens == 0) return cudaSuccess;
+  if (!RouterMmaSupports(d)) return cudaErrorInvalidValue;
+  const dim3 grid((num_tokens + kMmaTokens - 1) / kMmaTokens, (g + kMmaUnits - 1) / kMmaUnits);
+  RouterHiddenMmaKernel<<<grid, kMmaWarps * kWarp, 0, stream>>>(x, num_tokens, d, w1, b1, g, hidden);
+  const int outputs = num_tokens * num_experts;
+  RouterOutKernel<<<(outputs + kWarpsPerBlock - 1) / kWarpsPerBlock, kWarp * kWarpsPerBlock, 0, stream>>>(
+      hidden, num_tokens, g, w2, num_experts, logits);
+  return cudaGetLastError();
+}
 
 bool RouterGemvSupports(int num_tokens, int d) {
   return num_tokens <= kMaxRouterGemvTokens && d % 4 == 0 &&

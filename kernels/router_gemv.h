@@ -20,4 +20,11 @@ bool RouterGemvSupports(int num_tokens, int d);
 cudaError_t RouterGemv(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
                        int num_experts, float* hidden, float* logits, cudaStream_t stream);
 
+// Larger batches in bf16 mode: the first product on TF32 tensor cores (operands rounded to
+// TF32, fp32 sums, as a TF32 GEMM library call) with the bias and gelu in its epilogue, then
+// the same second product. Same arguments as RouterGemv; any number of tokens.
+bool RouterMmaSupports(int d);
+cudaError_t RouterMma(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
+                      int num_experts, float* hidden, float* logits, cudaStream_t stream);
+
 }  // namespace mf::kernels

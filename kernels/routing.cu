@@ -76,32 +76,58 @@ __global__ void SegmentsKernel(const int32_t* __restrict__ sorted_experts, const
 }
 
 // Small batches (decode): one block does the whole stable counting sort in shared memory,
-// one thread per slot, instead of a multi-kernel device radix sort.
+// one thread per slot, instead of a multi-kernel device radix sort. A slot's rank among its
+// expert's slots is the count in earlier warps (per-warp histograms, scanned per expert)
+// plus the earlier lanes of its own warp with the same expert (a match mask).
 constexpr int kSmallSortSlots = 1024;
 constexpr int kSmallSortExperts = 256;
+constexpr int kSmallSortWarps = kSmallSortSlots / kWarp;
 
 __global__ void __launch_bounds__(kSmallSortSlots)
     SmallGroupKernel(const int32_t* __restrict__ token_experts, int num_slots, int top_k, int num_experts,
                      int32_t* __restrict__ expert_offsets, int32_t* __restrict__ slot_tokens,
                      int32_t* __restrict__ token_slots) {
-  __shared__ int32_t experts[kSmallSortSlots];
+  __shared__ int32_t warp_counts[kSmallSortWarps][kSmallSortExperts];  // then: slots of the expert in earlier warps
   __shared__ int32_t starts[kSmallSortExperts + 1];
-  const int slot = threadIdx.x;
+  const int slot = threadIdx.x, warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int expert = slot < num_slots ? token_experts[slot] : -1;
-  experts[slot] = expert;
-  for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) starts[e] = 0;
+  for (int i = threadIdx.x; i < kSmallSortWarps * num_experts; i += blockDim.x) {
+    warp_counts[i / num_experts][i % num_experts] = 0;
+  }
   __syncthreads();
-  if (expert >= 0) atomicAdd(&starts[expert + 1], 1);
+  const unsigned same = __match_any_sync(0xffffffffu, expert);
+  const int rank_in_warp = __popc(same & ((1u << lane) - 1));
+  if (expert >= 0 && rank_in_warp == 0) warp_counts[warp][expert] = __popc(same);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int e = 1; e <= num_experts; ++e) starts[e] += starts[e - 1];
+  // One thread per expert turns its column into exclusive counts over warps.
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    int total = 0;
+    for (int w = 0; w < kSmallSortWarps; ++w) {
+      const int count = warp_counts[w][e];
+      warp_counts[w][e] = total;
+      total += count;
+    }
+    starts[e + 1] = total;
+  }
+  __syncthreads();
+  if (threadIdx.x < kWarp) {  // inclusive scan of the expert totals, 32 at a time
+    int carried = 0;
+    for (int base = 0; base < num_experts; base += kWarp) {
+      const int e = base + threadIdx.x;
+      int value = e < num_experts ? starts[e + 1] : 0;
+      for (int offset = 1; offset < kWarp; offset *= 2) {
+        const int other = __shfl_up_sync(0xffffffffu, value, offset);
+        if (threadIdx.x >= offset) value += other;
+      }
+      if (e < num_experts) starts[e + 1] = carried + value;
+      carried += __shfl_sync(0xffffffffu, value, kWarp - 1);
+    }
+    if (threadIdx.x == 0) starts[0] = 0;
   }
   __syncthreads();
   for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) expert_offsets[e] = starts[e];
   if (expert < 0) return;
-  int rank = 0;  // earlier slots of the same expert: the sort is stable
-  for (int earlier = 0; earlier < slot; ++earlier) rank += experts[earlier] == expert;
-  const int position = starts[expert] + rank;
+  const int position = starts[expert] + warp_counts[warp][expert] + rank_in_warp;
   slot_tokens[position] = slot / top_k;
   token_slots[slot] = position;
 }

@@ -1,8 +1,10 @@
-// Grouped expert products at prompt-sized batches, one way per row of the table: the slots
+// Grouped expert products, one way per row of the table: the slots
 // of a mixture sorted by expert ([slots, k] bf16), every expert's segment multiplied by its
 // weight matrix ([E, k, n] bf16, the checkpoint's [in, out] layout). Each way is timed on
 // the same data beside one dense GEMM of the same FLOPs (the ceiling a grouped product can
-// approach), and checked against the per-expert cuBLAS result.
+// approach) and against the bytes of the weights in use at the copy rate of the same run
+// (the floor of decode-sized mixtures: `--tokens 256`), and checked against the per-expert
+// cuBLAS result. The grouped kernel's candidate tile shapes are timed too.
 //
 //   bench/expert_gemm_bench [--tokens 16384] [--skew 0]   (built into build/bench/)
 #include <cublas_v2.h>
@@ -77,6 +79,18 @@ float ElapsedMs(const std::function<void()>& body, cudaStream_t stream, int repe
   return ms / repeats;
 }
 
+// The memory-bandwidth ceiling in this run: a 1 GB device-to-device copy (reads and writes).
+double CopyGbps(cudaStream_t stream) {
+  constexpr size_t kBytes = 1ull << 30;
+  void *from, *to;
+  Check(cudaMalloc(&from, kBytes), "copy buffer");
+  Check(cudaMalloc(&to, kBytes), "copy buffer");
+  const float ms = ElapsedMs([&] { Check(cudaMemcpyAsync(to, from, kBytes, cudaMemcpyDeviceToDevice, stream), "copy"); },
+                             stream, 10);
+  cudaFree(from), cudaFree(to);
+  return 2.0 * kBytes / ms / 1e6;
+}
+
 __global__ void FillBf16(__nv_bfloat16* values, size_t count, uint32_t seed, float scale) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -95,8 +109,8 @@ double MaxRelativeDifference(const std::vector<float>& a, const std::vector<floa
   return worst / scale;
 }
 
-void RunMixture(const Mixture& mixture, int tokens, double skew, cublasHandle_t cublas, mf::SegmentGemm& segments,
-                cudaStream_t stream) {
+void RunMixture(const Mixture& mixture, int tokens, double skew, double copy_gbps, cublasHandle_t cublas,
+                mf::SegmentGemm& segments, cudaStream_t stream) {
   std::mt19937 rng(1234);
   const std::vector<int> counts = RouteCounts(tokens, mixture, skew, rng);
   const int slots = tokens * mixture.top_k, k = mixture.k, n = mixture.n, experts = mixture.num_experts;
@@ -248,8 +262,24 @@ void RunMixture(const Mixture& mixture, int tokens, double skew, cublasHandle_t 
        },
        true},
   };
+  std::vector<Way> all_ways = ways;
+  for (int v = 0; v < mf::kernels::ExpertMmaNumVariants(); ++v) {
+    all_ways.push_back({std::string("ExpertMma tile ") + mf::kernels::ExpertMmaVariantName(v),
+                        [&, v] {
+                          Check(mf::kernels::ExpertMmaVariant(v, input, slots, k, device_offsets, experts, weights, n,
+                                                              out_f32, stream),
+                                "expert mma variant");
+                        },
+                        true});
+  }
+  // Decode-sized mixtures are bound by the weights of the experts in use.
+  int active = 0;
+  for (int count : counts) active += count > 0;
+  const double weight_bytes = static_cast<double>(active) * k * n * sizeof(__nv_bfloat16);
+  std::printf("  (%d experts in use: %.1f MB of weights; at the %.0f GB/s copy rate %.3f ms)\n", active,
+              weight_bytes / 1e6, copy_gbps, weight_bytes / copy_gbps / 1e6);
   float dense_ms = 0;
-  for (const Way& way : ways) {
+  for (const Way& way : all_ways) {
     Check(cudaMemsetAsync(out_f32, 0, sizeof(float) * result.size(), stream), "clear");
     grouped_status = CUBLAS_STATUS_SUCCESS;
     way.body();
@@ -266,8 +296,10 @@ void RunMixture(const Mixture& mixture, int tokens, double skew, cublasHandle_t 
       std::snprintf(text, sizeof text, "max rel diff %.1e", MaxRelativeDifference(result, reference));
       check = text;
     }
-    std::printf("  %-54s %8.3f ms %7.1f TFLOP/s %5.0f%% of dense  %s\n", way.name.c_str(), ms, flops / ms / 1e9,
-                100.0 * dense_ms / ms, check.c_str());
+    const double gbps = weight_bytes / ms / 1e6;
+    std::printf("  %-54s %8.3f ms %7.1f TFLOP/s %5.0f%% of dense %6.0f GB/s weights (%3.0f%% of copy)  %s\n",
+                way.name.c_str(), ms, flops / ms / 1e9, 100.0 * dense_ms / ms, gbps, 100.0 * gbps / copy_gbps,
+                check.c_str());
   }
   cudaFree(input), cudaFree(weights), cudaFree(out_bf16), cudaFree(out_f32), cudaFree(device_offsets), cudaFree(device_ptrs);
 }
@@ -295,6 +327,8 @@ int main(int argc, char** argv) {
   const Mixture mixtures[] = {{"MLP in (32 experts, 1024 -> 2048)", 32, 2, 1024, 2048},
                               {"MLP out (32 experts, 2048 -> 1024)", 32, 2, 2048, 1024},
                               {"attention q / out (16 experts, 1024 -> 1024)", 16, 2, 1024, 1024}};
-  for (const Mixture& mixture : mixtures) RunMixture(mixture, tokens, skew, cublas, segments, stream);
+  const double copy_gbps = CopyGbps(stream);
+  std::printf("device-to-device copy, 1 GB: %.0f GB/s\n", copy_gbps);
+  for (const Mixture& mixture : mixtures) RunMixture(mixture, tokens, skew, copy_gbps, cublas, segments, stream);
   return 0;
 }

@@ -43,12 +43,18 @@ int64_t MinCublasSlots() {
 absl::Status CudaBackend::RouterLogits(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                                        Tensor& logits) {
   const int num_tokens = Int(x.rows()), d = Int(x.cols());
-  if (!kernels::RouterGemvSupports(num_tokens, d)) return Backend::RouterLogits(x, w1, b1, w2, logits);
+  // Small batches: fp32 GEMV kernels (both modes). Larger ones in bf16 mode: TF32 tensor
+  // cores with the bias and gelu fused (the GEMM library's TF32 path took ~28 us a router
+  // at 256 tokens in four launches); in exact mode, fp32 GEMMs so routing matches the reference.
+  const bool gemv = kernels::RouterGemvSupports(num_tokens, d);
+  const bool mma = !gemv && precision_ == CudaPrecision::kBf16 && kernels::RouterMmaSupports(d);
+  if (!gemv && !mma) return Backend::RouterLogits(x, w1, b1, w2, logits);
   CudaOpTimer::Scope scope(*timer_, "router");
   Tensor hidden = Scratch(DType::kF32, {num_tokens, w1.rows()});
   if (hidden.empty()) return status_;
-  Check(kernels::RouterGemv(Ptr<float>(x), num_tokens, d, Ptr<float>(w1), Ptr<float>(b1), Int(w1.rows()), Ptr<float>(w2),
-                            Int(w2.rows()), Ptr<float>(hidden), Ptr<float>(logits), stream_),
+  Check((gemv ? kernels::RouterGemv : kernels::RouterMma)(Ptr<float>(x), num_tokens, d, Ptr<float>(w1), Ptr<float>(b1),
+                                                          Int(w1.rows()), Ptr<float>(w2), Int(w2.rows()),
+                                                          Ptr<float>(hidden), Ptr<float>(logits), stream_),
         "router");
   return status_;
 }
@@ -127,25 +133,29 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
   }
   // A bf16 hidden input (the MLP's second product) is already the GEMM's input.
   Tensor input = bf16_in ? x : ToGemmInput(x, gather, Int(slots), in);
-  // Products accumulate in fp32; a bf16 output is narrowed from them (with the activation) after.
-  Tensor product = bf16_out ? Scratch(DType::kF32, {slots, out_features}) : out;
-  if (input.empty() || product.empty()) return;
+  if (input.empty()) return;
   bool activation_pending = activation == ExpertActivation::kGeluNew;
   if (slots < MinCublasSlots()) {
-    // The grouped kernel applies the activation on its way out.
+    // The grouped kernel accumulates in fp32 and applies the activation (and the rounding
+    // to a bf16 output) on its way out.
     const auto epilogue = activation_pending ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
-    Check(kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
-                             Ptr<int32_t>(plan.expert_offsets), plan.num_experts, Ptr<__nv_bfloat16>(experts),
-                             out_features, epilogue, Ptr<float>(product), stream_),
+    Check(bf16_out ? kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
+                                        Ptr<int32_t>(plan.expert_offsets), plan.num_experts,
+                                        Ptr<__nv_bfloat16>(experts), out_features, epilogue,
+                                        Ptr<__nv_bfloat16>(out), stream_)
+                   : kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
+                                        Ptr<int32_t>(plan.expert_offsets), plan.num_experts,
+                                        Ptr<__nv_bfloat16>(experts), out_features, epilogue, Ptr<float>(out), stream_),
           "expert mma");
-    activation_pending = false;
-  } else {
-    Tensor halves = num_halves() == 1 ? product : Scratch(DType::kF32, {2 * slots, out_features});
-    if (halves.empty()) return;
-    ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
-    if (num_halves() == 2) {
-      Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(product), stream_), "sum halves");
-    }
+    return;
+  }
+  // Products accumulate in fp32; a bf16 output is narrowed from them (with the activation) after.
+  Tensor product = bf16_out ? Scratch(DType::kF32, {slots, out_features}) : out;
+  Tensor halves = num_halves() == 1 ? product : Scratch(DType::kF32, {2 * slots, out_features});
+  if (product.empty() || halves.empty()) return;
+  ExpertGemmCublas(input, plan, experts, Int(slots), in, out_features, halves);
+  if (num_halves() == 2) {
+    Check(kernels::SumHalves(Ptr<float>(halves), slots * out_features, Ptr<float>(product), stream_), "sum halves");
   }
   if (bf16_out) {
     Check(activation_pending ? kernels::GeluNewToBf16(Ptr<float>(product), Int(slots), out_features,
