@@ -182,12 +182,14 @@ __global__ void __launch_bounds__(kMmaWarps * kWarp)
 
 }  // namespace
 
-bool RouterMmaSupports(int d) { return d > 0 && d % (kMmaWarps * kMmaKBlock * kMmaKBlocksInFlight) == 0; }
+bool RouterMmaSupports(int num_tokens, int d) {
+  return num_tokens <= kMaxRouterMmaTokens && d > 0 && d % (kMmaWarps * kMmaKBlock * kMmaKBlocksInFlight) == 0;
+}
 
 cudaError_t RouterMma(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
                       int num_experts, float* hidden, float* logits, cudaStream_t stream) {
   if (num_tokens == 0) return cudaSuccess;
-  if (!RouterMmaSupports(d)) return cudaErrorInvalidValue;
+  if (!RouterMmaSupports(num_tokens, d)) return cudaErrorInvalidValue;
   const dim3 grid((num_tokens + kMmaTokens - 1) / kMmaTokens, (g + kMmaUnits - 1) / kMmaUnits);
   RouterHiddenMmaKernel<<<grid, kMmaWarps * kWarp, 0, stream>>>(x, num_tokens, d, w1, b1, g, hidden);
   const int outputs = num_tokens * num_experts;

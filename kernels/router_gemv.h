@@ -20,10 +20,13 @@ bool RouterGemvSupports(int num_tokens, int d);
 cudaError_t RouterGemv(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
                        int num_experts, float* hidden, float* logits, cudaStream_t stream);
 
-// Larger batches in bf16 mode: the first product on TF32 tensor cores (operands rounded to
-// TF32, fp32 sums, as a TF32 GEMM library call) with the bias and gelu in its epilogue, then
-// the same second product. Same arguments as RouterGemv; any number of tokens.
-bool RouterMmaSupports(int d);
+// Decode-sized batches beyond that, in bf16 mode: the first product on TF32 tensor cores
+// (operands rounded to TF32, fp32 sums, as a TF32 GEMM library call) with the bias and gelu
+// in its epilogue, then the same second product. Each block rereads its 32 gate rows for
+// every 16 tokens (about T x 96 KB of L2 reads at d = 1024), so prompt-sized batches are
+// left to the GEMM library. Same arguments as RouterGemv.
+constexpr int kMaxRouterMmaTokens = 1024;
+bool RouterMmaSupports(int num_tokens, int d);
 cudaError_t RouterMma(const float* x, int num_tokens, int d, const float* w1, const float* b1, int g, const float* w2,
                       int num_experts, float* hidden, float* logits, cudaStream_t stream);
 

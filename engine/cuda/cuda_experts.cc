@@ -43,11 +43,12 @@ int64_t MinCublasSlots() {
 absl::Status CudaBackend::RouterLogits(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                                        Tensor& logits) {
   const int num_tokens = Int(x.rows()), d = Int(x.cols());
-  // Small batches: fp32 GEMV kernels (both modes). Larger ones in bf16 mode: TF32 tensor
-  // cores with the bias and gelu fused (the GEMM library's TF32 path took ~28 us a router
-  // at 256 tokens in four launches); in exact mode, fp32 GEMMs so routing matches the reference.
+  // Small batches: fp32 GEMV kernels (both modes). Decode-sized ones in bf16 mode: TF32
+  // tensor cores with the bias and gelu fused (two launches instead of the GEMM library's
+  // four); prompt-sized ones and exact mode: GEMMs (fp32 in exact mode, so routing matches
+  // the reference).
   const bool gemv = kernels::RouterGemvSupports(num_tokens, d);
-  const bool mma = !gemv && precision_ == CudaPrecision::kBf16 && kernels::RouterMmaSupports(d);
+  const bool mma = !gemv && precision_ == CudaPrecision::kBf16 && kernels::RouterMmaSupports(num_tokens, d);
   if (!gemv && !mma) return Backend::RouterLogits(x, w1, b1, w2, logits);
   CudaOpTimer::Scope scope(*timer_, "router");
   Tensor hidden = Scratch(DType::kF32, {num_tokens, w1.rows()});
