@@ -77,6 +77,9 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # Expert product options on one prompt-sized mixture (per-expert cuBLAS with known and
   # changing segment sizes, the cuBLASLt plans the backend uses, grouped kernels, dense).
   "$BUNDLE/bench/expert_gemm_bench" --tokens 16384 2>&1 | tee "$OUT/expert_gemm_bench.txt" || status=1
+  # The same at a 256-token decode step, against the weight bytes at copy speed, with the
+  # grouped kernel's tile shapes side by side.
+  "$BUNDLE/bench/expert_gemm_bench" --tokens 256 2>&1 | tee -a "$OUT/expert_gemm_bench.txt" || status=1
   # What a dependent kernel boundary costs in a replayed graph, plain or overlapped
   # (programmatic dependent launch), with and without allocations between kernels.
   "$BUNDLE/bench/launch_chain_bench" --kernels 168 2>&1 | tee "$OUT/launch_chain_bench.txt" || status=1
@@ -97,6 +100,19 @@ if [ -n "${DECODE_BENCH:-}" ]; then
     "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --random-weights "$BUNDLE/configs/$config.json" \
       --decode-batches "${DECODE_BATCHES:-1,2,4,8,16}" --context 512 --prefill-prompts 0 2>&1 \
       | sed "s/^/$config: /" | tee -a "$OUT/decode_bench.txt" || status=1
+  done
+fi
+# Batched decode (64 and 256 sequences at context 512, both model shapes; 64 at contexts 128
+# and 2,048; 16 at context 8,192), each step against the bytes it must read at copy speed.
+if [ -n "${BATCH_BENCH:-}" ]; then
+  for config in molm-350m-4b molm-700m-8b; do
+    "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --random-weights "$BUNDLE/configs/$config.json" \
+      --decode-batches 64,256 --context 512 --prefill-prompts 0 2>&1 | sed "s/^/$config: /" | tee -a "$OUT/batch_bench.txt" || status=1
+  done
+  for shape in "64 128" "64 2048" "16 8192"; do
+    set -- $shape
+    "$BUNDLE/bench/step_bench" --device cuda --precision bf16 --random-weights "$BUNDLE/configs/molm-350m-4b.json" \
+      --decode-batches "$1" --context "$2" --prefill-prompts 0 2>&1 | sed "s/^/context $2: /" | tee -a "$OUT/batch_bench.txt" || status=1
   done
 fi
 # The server under load on the MoLM-350M-4B shape (random weights, the GPU defaults: bf16,
