@@ -4,7 +4,9 @@
 #pragma once
 
 #include <httplib.h>
+#include <sys/socket.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,16 +21,35 @@ struct HttpTls {
   std::string client_ca;  // when set, clients must present a certificate it signed
 };
 
+// Connections the kernel completes and queues while the accept thread is busy (Linux caps
+// it at net.core.somaxconn). cpp-httplib listens with a backlog of 5, compiled into Debian's
+// library: a burst of connections while the accept thread waits for a core, or while every
+// serving thread is taken, overflows it, and the kernel then drops SYNs, which clients retry
+// only after a second.
+inline constexpr int kListenBacklog = 1024;
+
+// A cpp-httplib server whose listening socket (a protected member) can be reached.
+template <class Base>
+class ListeningServer : public Base {
+ public:
+  using Base::Base;
+  int listening_socket() const { return this->svr_sock_; }
+};
+
 class HttpEndpoint {
  public:
   explicit HttpEndpoint(const HttpTls* tls = nullptr) {
     if (tls == nullptr) {
-      http_ = std::make_unique<httplib::Server>();
+      auto server = std::make_unique<ListeningServer<httplib::Server>>();
+      listening_socket_ = [raw = server.get()] { return raw->listening_socket(); };
+      http_ = std::move(server);
       return;
     }
     tls_ = true;
-    http_ = std::make_unique<httplib::SSLServer>(tls->cert.c_str(), tls->key.c_str(),
-                                                 tls->client_ca.empty() ? nullptr : tls->client_ca.c_str());
+    auto server = std::make_unique<ListeningServer<httplib::SSLServer>>(
+        tls->cert.c_str(), tls->key.c_str(), tls->client_ca.empty() ? nullptr : tls->client_ca.c_str());
+    listening_socket_ = [raw = server.get()] { return raw->listening_socket(); };
+    http_ = std::move(server);
   }
   ~HttpEndpoint() { Stop(); }
 
@@ -44,6 +65,10 @@ class HttpEndpoint {
     const bool bound = port == 0 ? (port_ = http_->bind_to_any_port(host)) > 0 : http_->bind_to_port(host, port);
     if (!bound) return absl::UnavailableError(absl::StrCat(what, ": cannot listen on ", host, ":", port));
     if (port != 0) port_ = port;
+    // listen() on a listening socket sets its backlog anew.
+    if (::listen(listening_socket_(), kListenBacklog) != 0) {
+      return absl::UnavailableError(absl::StrCat(what, ": cannot set the listen backlog on ", host, ":", port_));
+    }
     listener_ = std::thread([this] { http_->listen_after_bind(); });
     return absl::OkStatus();
   }
@@ -57,6 +82,7 @@ class HttpEndpoint {
 
  private:
   std::unique_ptr<httplib::Server> http_;
+  std::function<int()> listening_socket_;
   bool tls_ = false;
   std::thread listener_;
   int port_ = 0;

@@ -84,6 +84,27 @@ class HardeningTest(unittest.TestCase):
             for s in sockets:
                 s.close()
 
+    def test_a_burst_of_connections_waits_in_the_listen_backlog(self):
+        # 64 idle connections take the metrics server's 32 threads and its 32 queue places, so
+        # the accept thread stops; the next connections must wait in the kernel's backlog. A
+        # small backlog (the HTTP library's default is 5) drops their SYNs instead, and
+        # clients retry only after a second.
+        port = self.server.metrics_port
+        held = idle_connections(port, 64)
+        burst = []
+        try:
+            start = time.monotonic()
+            for i in range(100):
+                try:
+                    burst.append(socket.create_connection(("127.0.0.1", port), timeout=0.9))
+                except TimeoutError:
+                    self.fail(f"connection {i} of the burst was dropped, not queued (listen backlog too small)")
+            self.assertLess(time.monotonic() - start, 0.9)
+        finally:
+            for s in held + burst:
+                s.close()
+        self.assertStillServes()
+
     def test_more_idle_connections_than_threads_delay_a_scrape_only_until_they_time_out(self):
         sockets = idle_connections(self.server.metrics_port, 100)
         try:
