@@ -93,13 +93,12 @@ class HardeningTest(unittest.TestCase):
         held = idle_connections(port, 64)
         burst = []
         try:
-            start = time.monotonic()
+            # A queued connection completes in the kernel at once; a dropped SYN is retried after 1 s.
             for i in range(100):
                 try:
                     burst.append(socket.create_connection(("127.0.0.1", port), timeout=0.9))
                 except TimeoutError:
                     self.fail(f"connection {i} of the burst was dropped, not queued (listen backlog too small)")
-            self.assertLess(time.monotonic() - start, 0.9)
         finally:
             for s in held + burst:
                 s.close()
