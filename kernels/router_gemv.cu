@@ -83,6 +83,15 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
   if (lane == 0) logits[index] = sum;
 }
 
+// The second product of both router paths: logits[t, e] = hidden[t] · w2[e].
+cudaError_t LaunchRouterOut(const float* hidden, int num_tokens, int g, const float* w2, int num_experts, float* logits,
+                            cudaStream_t stream) {
+  const int outputs = num_tokens * num_experts;
+  RouterOutKernel<<<(outputs + kWarpsPerBlock - 1) / kWarpsPerBlock, kWarp * kWarpsPerBlock, 0, stream>>>(
+      hidden, num_tokens, g, w2, num_experts, logits);
+  return cudaGetLastError();
+}
+
 constexpr int kMmaTokens = 16;      // rows of a block's tile (one m16 fragment)
 constexpr int kMmaUnits = 32;       // gate units of a block's tile (four n8 fragments)
 constexpr int kMmaWarps = 8;        // split the reduction dimension eight ways
@@ -192,10 +201,7 @@ cudaError_t RouterMma(const float* x, int num_tokens, int d, const float* w1, co
   if (!RouterMmaSupports(num_tokens, d)) return cudaErrorInvalidValue;
   const dim3 grid((num_tokens + kMmaTokens - 1) / kMmaTokens, (g + kMmaUnits - 1) / kMmaUnits);
   RouterHiddenMmaKernel<<<grid, kMmaWarps * kWarp, 0, stream>>>(x, num_tokens, d, w1, b1, g, hidden);
-  const int outputs = num_tokens * num_experts;
-  RouterOutKernel<<<(outputs + kWarpsPerBlock - 1) / kWarpsPerBlock, kWarp * kWarpsPerBlock, 0, stream>>>(
-      hidden, num_tokens, g, w2, num_experts, logits);
-  return cudaGetLastError();
+  return LaunchRouterOut(hidden, num_tokens, g, w2, num_experts, logits, stream);
 }
 
 bool RouterGemvSupports(int num_tokens, int d) {
@@ -211,10 +217,7 @@ cudaError_t RouterGemv(const float* x, int num_tokens, int d, const float* w1, c
   const size_t staged_bytes = static_cast<size_t>(kTokensPerPass) * d * sizeof(float);
   RouterHiddenKernel<<<(g + kWarpsPerBlock - 1) / kWarpsPerBlock, threads, staged_bytes, stream>>>(x, num_tokens, d, w1,
                                                                                                    b1, g, hidden);
-  const int outputs = num_tokens * num_experts;
-  RouterOutKernel<<<(outputs + kWarpsPerBlock - 1) / kWarpsPerBlock, threads, 0, stream>>>(hidden, num_tokens, g, w2,
-                                                                                           num_experts, logits);
-  return cudaGetLastError();
+  return LaunchRouterOut(hidden, num_tokens, g, w2, num_experts, logits, stream);
 }
 
 }  // namespace mf::kernels

@@ -140,14 +140,12 @@ void CudaBackend::ExpertGemm(const Tensor& x, const RoutingPlan& plan, bool gath
     // The grouped kernel accumulates in fp32 and applies the activation (and the rounding
     // to a bf16 output) on its way out.
     const auto epilogue = activation_pending ? kernels::MmaEpilogue::kGeluNew : kernels::MmaEpilogue::kNone;
-    Check(bf16_out ? kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
-                                        Ptr<int32_t>(plan.expert_offsets), plan.num_experts,
-                                        Ptr<__nv_bfloat16>(experts), out_features, epilogue,
-                                        Ptr<__nv_bfloat16>(out), stream_)
-                   : kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
-                                        Ptr<int32_t>(plan.expert_offsets), plan.num_experts,
-                                        Ptr<__nv_bfloat16>(experts), out_features, epilogue, Ptr<float>(out), stream_),
-          "expert mma");
+    auto grouped = [&](auto* out_data) {
+      return kernels::ExpertMma(Ptr<__nv_bfloat16>(input), num_halves(), slots * in, Int(slots), in,
+                                Ptr<int32_t>(plan.expert_offsets), plan.num_experts, Ptr<__nv_bfloat16>(experts),
+                                out_features, epilogue, out_data, stream_);
+    };
+    Check(bf16_out ? grouped(Ptr<__nv_bfloat16>(out)) : grouped(Ptr<float>(out)), "expert mma");
     return;
   }
   // Products accumulate in fp32; a bf16 output is narrowed from them (with the activation) after.
