@@ -26,6 +26,7 @@ Engine::Engine(std::unique_ptr<Model> model, std::shared_ptr<const Tokenizer> to
   }
   expert_stats_ = std::make_unique<ExpertStats>(std::move(experts_per_layer));
   sampling_pool_ = std::make_unique<WorkerPool>(std::max(0, config_.sampling_threads));
+  delivery_ = std::make_unique<UpdateDelivery>();
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -36,6 +37,7 @@ Engine::~Engine() {
     stopping_ = true;
   }
   thread_.join();
+  delivery_.reset();  // delivers the final updates FailAll queued, while the engine is still whole
 }
 
 int Engine::max_sequence_tokens() const {
@@ -77,7 +79,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, UpdateCallbac
     sequence->stop_matcher = std::make_unique<StopMatcher>(request.stop);
   }
   sequence->request = std::move(request);
-  sequence->on_update = std::move(on_update);
+  sequence->on_update = std::make_shared<const UpdateCallback>(std::move(on_update));
 
   absl::MutexLock lock(&mutex_);
   if (!accepting_ || stopping_) return absl::UnavailableError("server is draining; retry on another replica");
@@ -119,8 +121,13 @@ void Engine::MarkDraining() {
 }
 
 bool Engine::WaitUntilIdle(absl::Duration timeout) {
-  absl::MutexLock lock(&mutex_);
-  return mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::IsIdle), timeout);
+  const absl::Time deadline = absl::Now() + timeout;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (!mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::IsIdle), timeout)) return false;
+  }
+  // The loop posts a step's updates before it publishes idleness, so these are the last.
+  return delivery_->WaitUntilDelivered(deadline - absl::Now());
 }
 
 EngineStats Engine::stats() const {
@@ -138,8 +145,10 @@ void Engine::Loop() {
     }
     TakeInbox();
     SweepCancelledAndExpired();
+    FlushUpdates();  // cancellations reach their callers before the step runs
     const SchedulePlan plan = scheduler_->Schedule();
     if (!plan.empty()) RunStep(plan);
+    FlushUpdates();
     PublishStats();
     if (plan.empty() && !scheduler_->idle()) {
       // Nothing could run this step: wait for a change. When only paused streams remain,
@@ -151,6 +160,7 @@ void Engine::Loop() {
     }
   }
   FailAll(absl::UnavailableError("server is shutting down"));
+  FlushUpdates();
 }
 
 void Engine::TakeInbox() {
@@ -225,13 +235,12 @@ void Engine::FailAll(const absl::Status& status) {
     never_started.swap(inbox_);
   }
   LeftQueue(static_cast<int>(never_started.size()));
-  // Callbacks run without the engine lock: a reactor may be calling Cancel meanwhile.
   for (auto& sequence : never_started) {
     GenerationUpdate update;
     update.finished = true;
     update.finish_reason = FinishReason::kCancelled;
     update.status = status;
-    sequence->on_update(std::move(update));
+    Deliver(*sequence, std::move(update));
   }
 }
 
@@ -243,6 +252,7 @@ void Engine::LeftQueue(int count) {
 
 void Engine::PublishStats() {
   const BlockAllocator& allocator = model_->kv_cache().allocator();
+  const double delivery_callback_seconds = delivery_->callback_seconds();
   absl::MutexLock lock(&mutex_);
   stats_.running = scheduler_->num_running();
   stats_.waiting = scheduler_->num_waiting();
@@ -255,7 +265,7 @@ void Engine::PublishStats() {
   stats_.step_seconds = step_seconds_;
   stats_.forward_seconds = forward_seconds_;
   stats_.sampling_seconds = sampling_seconds_;
-  stats_.delivery_seconds = delivery_seconds_;
+  stats_.delivery_seconds = delivery_callback_seconds;
   stats_.metrics_seconds = metrics_seconds_;
   idle_ = scheduler_->idle() && inbox_.empty();
 }

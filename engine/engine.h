@@ -1,6 +1,7 @@
 // The serving engine: one loop thread owns the model, the scheduler and every
 // sequence. Other threads talk to it only through Submit/Cancel (a locked inbox)
-// and receive results through each request's callback, called on the loop thread.
+// and receive results through each request's callback, which the loop hands with the
+// step's other updates to a delivery thread (engine/update_delivery.h).
 // One step is schedule -> forward pass -> postprocess (sample, detokenize, stop).
 #pragma once
 
@@ -20,6 +21,7 @@
 #include "engine/observer.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
+#include "engine/update_delivery.h"
 #include "engine/text/tokenizer.h"
 
 namespace mf {
@@ -50,7 +52,7 @@ struct EngineStats {
   double step_seconds = 0;        // total time in engine steps
   double forward_seconds = 0;     // of which the forward pass
   double sampling_seconds = 0;    // of which choosing the next tokens from the logits
-  double delivery_seconds = 0;    // of which handing updates to their callers (the callbacks)
+  double delivery_seconds = 0;    // in update callbacks, on the delivery thread (not part of step_seconds)
   double metrics_seconds = 0;     // of which recording statistics and metrics
   bool draining = false;
 };
@@ -103,8 +105,9 @@ class Engine {
   std::optional<SampleRowParams> DeviceSampleParams(Sequence& sequence);
   void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
-  // Hands an update to its request's callback, timed (delivery_seconds).
+  // Queues an update for its request's callback; FlushUpdates hands the queue over.
   void Deliver(Sequence& sequence, GenerationUpdate&& update);
+  void FlushUpdates();
   void Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update);
   void FailAll(const absl::Status& status);
   void PublishStats();
@@ -121,7 +124,9 @@ class Engine {
   std::unique_ptr<ExpertStats> expert_stats_;
   std::unique_ptr<WorkerPool> sampling_pool_;
   // Loop thread only; published in stats_.
-  double step_seconds_ = 0, forward_seconds_ = 0, sampling_seconds_ = 0, metrics_seconds_ = 0, delivery_seconds_ = 0;
+  double step_seconds_ = 0, forward_seconds_ = 0, sampling_seconds_ = 0, metrics_seconds_ = 0;
+  std::unique_ptr<UpdateDelivery> delivery_;
+  std::vector<PendingUpdate> outgoing_;  // this iteration's updates, not yet handed over (loop thread only)
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> sequences_;  // loop thread only
 
   mutable absl::Mutex mutex_;

@@ -243,9 +243,14 @@ bool Engine::AppendToken(Sequence& sequence, const SampleResult& sample, Generat
 }
 
 void Engine::Deliver(Sequence& sequence, GenerationUpdate&& update) {
-  const absl::Time start = absl::Now();
-  sequence.on_update(std::move(update));
-  delivery_seconds_ += Seconds(absl::Now() - start);
+  outgoing_.push_back(PendingUpdate{sequence.on_update, std::move(update)});
+}
+
+void Engine::FlushUpdates() {
+  if (outgoing_.empty()) return;
+  delivery_->Post(std::move(outgoing_));
+  outgoing_ = {};
+  outgoing_.reserve(static_cast<size_t>(scheduler_->num_running()));
 }
 
 void Engine::Finish(Sequence& sequence, FinishReason reason, absl::Status status, GenerationUpdate update) {

@@ -62,13 +62,14 @@ struct GenerationUpdate {
   double total_seconds = 0;
 };
 
-// Called on the engine thread; it must not block.
+// Called on the engine's delivery thread (one thread, a request's updates in order, the
+// final one last); it must not block.
 using UpdateCallback = std::function<void(GenerationUpdate&&)>;
 
 struct Sequence {
   uint64_t id = 0;
   GenerationRequest request;
-  UpdateCallback on_update;
+  std::shared_ptr<const UpdateCallback> on_update;  // shared with its updates still being delivered
   absl::Time arrival_time;
   std::optional<absl::Time> first_scheduled_time, first_token_time, last_token_time;
 

@@ -83,7 +83,8 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
     counter("moduleformer_sampling_seconds_total", "Time engine steps spent choosing tokens from the logits.",
             stats.sampling_seconds);
     counter("moduleformer_update_delivery_seconds_total",
-            "Time engine steps spent handing updates to their calls (the stream writes' hand-off).",
+            "Time the engine's delivery thread spent handing updates to their calls (serializing each and queueing "
+            "its write); runs beside the engine steps, not within the busy time.",
             stats.delivery_seconds);
     counter("moduleformer_metrics_recording_seconds_total",
             "Time engine steps spent recording expert statistics and metrics.", stats.metrics_seconds);

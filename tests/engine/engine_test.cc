@@ -6,6 +6,8 @@
 #include <cmath>
 #include <set>
 
+#include "absl/synchronization/notification.h"
+
 #include "tests/test_util.h"
 #include "tools/moduleformer/reference_cases.h"
 
@@ -130,6 +132,48 @@ TEST(EngineTest, CancelAndDeadlineFreeEverything) {
   EXPECT_EQ(expired_then_cancelled.Wait().status.code(), absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(engine->WaitUntilIdle(absl::Seconds(10)));
   EXPECT_EQ(engine->stats().kv_blocks_used, 0);
+}
+
+// Callbacks run on the delivery thread: one that takes long delays updates, not steps.
+TEST(EngineTest, StepsGoOnWhileACallbackIsBusy) {
+  auto engine = MakeEngine("molm-tiny", 256);
+  absl::Notification entered, release;
+  Collector slow, fast;
+  bool first_update = true;  // delivery thread only
+  auto record_slow = slow.Callback();
+  ASSERT_TRUE(engine->Submit(Greedy({1, 2, 3}, 4), [&, record_slow](GenerationUpdate&& update) {
+                      if (first_update) {
+                        first_update = false;
+                        entered.Notify();
+                        release.WaitForNotification();
+                      }
+                      record_slow(std::move(update));
+                    }).ok());
+  entered.WaitForNotification();
+  const int64_t steps_before = engine->stats().steps;
+  ASSERT_TRUE(engine->Submit(Greedy({4, 5, 6}, 8), fast.Callback()).ok());
+  // Both requests finish in the engine (8 more steps at least) while no update can be delivered.
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  EngineStats stats = engine->stats();
+  while ((stats.steps < steps_before + 8 || stats.running + stats.waiting > 0) && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(2));
+    stats = engine->stats();
+  }
+  EXPECT_GE(stats.steps, steps_before + 8);
+  EXPECT_EQ(stats.running + stats.waiting, 0);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  {
+    absl::MutexLock lock(&fast.mutex);
+    EXPECT_TRUE(fast.tokens.empty());
+    EXPECT_FALSE(fast.done);
+  }
+  EXPECT_FALSE(engine->WaitUntilIdle(absl::Milliseconds(50)));  // idle means delivered too
+  release.Notify();
+  EXPECT_EQ(slow.Wait().completion_tokens, 4);
+  EXPECT_EQ(fast.Wait().completion_tokens, 8);
+  EXPECT_EQ(slow.tokens.size(), 4u);
+  EXPECT_EQ(fast.tokens.size(), 8u);
+  EXPECT_TRUE(engine->WaitUntilIdle(absl::Seconds(10)));
 }
 
 // --max-queued counts requests not yet scheduled exactly, also while a step runs (the

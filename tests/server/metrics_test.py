@@ -80,11 +80,11 @@ class MetricsTest(unittest.TestCase):
         busy = self.value("moduleformer_engine_busy_seconds_total")
         parts = [self.value(f"moduleformer_{part}_seconds_total") for part in ("forward", "sampling")]
         parts.append(self.value("moduleformer_metrics_recording_seconds_total"))
-        parts.append(self.value("moduleformer_update_delivery_seconds_total"))
         self.assertTrue(all(part is not None and part >= 0 for part in parts), parts)
         self.assertGreater(parts[0], 0)  # the forward passes of the traffic above
-        self.assertGreater(parts[3], 0)  # and its updates, handed to their calls
         self.assertLessEqual(sum(parts), busy)
+        # Updates are handed to their calls on the delivery thread, beside the steps.
+        self.assertGreater(self.value("moduleformer_update_delivery_seconds_total"), 0)
 
     def test_expert_counters_match_the_reference_routing(self):
         expected = routing_counts(self.cases)
