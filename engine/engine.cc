@@ -252,7 +252,7 @@ void Engine::LeftQueue(int count) {
 
 void Engine::PublishStats() {
   const BlockAllocator& allocator = model_->kv_cache().allocator();
-  const double delivery_callback_seconds = delivery_->callback_seconds();
+  const double delivery_busy_seconds = delivery_->busy_seconds();
   absl::MutexLock lock(&mutex_);
   stats_.running = scheduler_->num_running();
   stats_.waiting = scheduler_->num_waiting();
@@ -265,7 +265,7 @@ void Engine::PublishStats() {
   stats_.step_seconds = step_seconds_;
   stats_.forward_seconds = forward_seconds_;
   stats_.sampling_seconds = sampling_seconds_;
-  stats_.delivery_seconds = delivery_callback_seconds;
+  stats_.delivery_seconds = delivery_busy_seconds;
   stats_.metrics_seconds = metrics_seconds_;
   idle_ = scheduler_->idle() && inbox_.empty();
 }

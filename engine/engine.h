@@ -52,8 +52,8 @@ struct EngineStats {
   double step_seconds = 0;        // total time in engine steps
   double forward_seconds = 0;     // of which the forward pass
   double sampling_seconds = 0;    // of which choosing the next tokens from the logits
-  double delivery_seconds = 0;    // in update callbacks, on the delivery thread (not part of step_seconds)
-  double metrics_seconds = 0;     // of which recording statistics and metrics
+  double metrics_seconds = 0;     // of which recording statistics and metrics (expert counts: delivery_seconds)
+  double delivery_seconds = 0;    // on the delivery thread (update callbacks, expert counts); not in step_seconds
   bool draining = false;
 };
 
@@ -103,7 +103,8 @@ class Engine {
   // The device sampler's parameters for a chunk that ends at a new token, or nothing when
   // the row is sampled on the host (or is plain greedy). Takes a penalty slot if needed.
   std::optional<SampleRowParams> DeviceSampleParams(Sequence& sequence);
-  void RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start);
+  // Step metrics now; expert counts on the delivery thread (takes the output's routing).
+  void RecordStatistics(const SchedulePlan& plan, ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
   // Queues an update for its request's callback; FlushUpdates hands the queue over.
   void Deliver(Sequence& sequence, GenerationUpdate&& update);

@@ -73,26 +73,34 @@ void Engine::RunStep(const SchedulePlan& plan) {
     return;
   }
   scheduler_->CompleteStep(plan);
-  RecordStatistics(plan, *output, now);
   Postprocess(plan, *output);
+  RecordStatistics(plan, *output, now);
   step_seconds_ += Seconds(absl::Now() - now);
   absl::MutexLock lock(&mutex_);
   ++stats_.steps;
 }
 
-void Engine::RecordStatistics(const SchedulePlan& plan, const ForwardOutput& output, absl::Time step_start) {
+void Engine::RecordStatistics(const SchedulePlan& plan, ForwardOutput& output, absl::Time step_start) {
   const absl::Time start = absl::Now();
-  std::vector<const std::string*> token_tags(static_cast<size_t>(output.token_offsets.back()));
-  for (size_t index = 0; index < plan.chunks.size(); ++index) {
-    for (int token = output.token_offsets[index]; token < output.token_offsets[index + 1]; ++token) {
-      token_tags[static_cast<size_t>(token)] = &plan.chunks[index].sequence->request.stats_tag;
-    }
-  }
-  expert_stats_->Record(output, token_tags, start);
   if (config_.observer != nullptr) {
-    config_.observer->OnStep(Seconds(start - step_start), static_cast<int>(token_tags.size()),
+    config_.observer->OnStep(Seconds(start - step_start), output.token_offsets.back(),
                              static_cast<int>(plan.chunks.size()));
   }
+  std::vector<std::string> chunk_tags;
+  chunk_tags.reserve(plan.chunks.size());
+  for (const ScheduledChunk& chunk : plan.chunks) chunk_tags.push_back(chunk.sequence->request.stats_tag);
+  // Queued ahead of this step's updates (FlushUpdates comes later), so a request's tokens
+  // are counted by the time its caller hears it finished.
+  delivery_->Run([stats = expert_stats_.get(), routing = std::move(output.routing), offsets = output.token_offsets,
+                  tags = std::move(chunk_tags), start] {
+    std::vector<const std::string*> token_tags(static_cast<size_t>(offsets.back()));
+    for (size_t chunk = 0; chunk + 1 < offsets.size(); ++chunk) {
+      for (int token = offsets[chunk]; token < offsets[chunk + 1]; ++token) {
+        token_tags[static_cast<size_t>(token)] = &tags[chunk];
+      }
+    }
+    stats->Record(routing, token_tags, start);
+  });
   metrics_seconds_ += Seconds(absl::Now() - start);
 }
 

@@ -33,21 +33,21 @@ ExpertCounts ExpertStats::Zeros() const {
   return counts;
 }
 
-void ExpertStats::Record(const ForwardOutput& output, const std::vector<const std::string*>& token_tags,
-                         absl::Time now) {
+void ExpertStats::Record(const std::vector<std::array<MixtureRouting, 2>>& routing_by_layer,
+                         const std::vector<const std::string*>& token_tags, absl::Time now) {
   absl::MutexLock lock(&mutex_);
   const double decay = std::exp(-absl::ToDoubleSeconds(now - last_record_) / kRecentWindowSeconds);
   last_record_ = now;
-  for (size_t layer = 0; layer < output.routing.size() && layer < totals_.size(); ++layer) {
+  for (size_t layer = 0; layer < routing_by_layer.size() && layer < totals_.size(); ++layer) {
     for (int mixture = 0; mixture < 2; ++mixture) {
       for (double& load : recent_[layer][mixture]) load *= decay;
     }
   }
   const size_t num_tokens = token_tags.size();
   tokens_since_reset_ += num_tokens;
-  for (size_t layer = 0; layer < output.routing.size() && layer < totals_.size(); ++layer) {
+  for (size_t layer = 0; layer < routing_by_layer.size() && layer < totals_.size(); ++layer) {
     for (int mixture = 0; mixture < 2; ++mixture) {
-      const MixtureRouting& routing = output.routing[layer][mixture];
+      const MixtureRouting& routing = routing_by_layer[layer][mixture];
       std::vector<uint64_t>& total = totals_[layer][mixture];
       std::vector<uint64_t>& window = since_reset_[layer][mixture];
       std::vector<double>& recent = recent_[layer][mixture];

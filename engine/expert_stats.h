@@ -1,6 +1,6 @@
 // Per-layer, per-expert selection counts from live traffic: the statistic the
-// ModuleFormer paper prunes experts by. Written by the engine loop after every
-// step, read by the metrics exporter and the ExpertStats RPC.
+// ModuleFormer paper prunes experts by. Written after every step (on the engine's
+// delivery thread), read by the metrics exporter and the ExpertStats RPC.
 #pragma once
 
 #include <array>
@@ -25,7 +25,8 @@ class ExpertStats {
 
   // Counts every routed token slot of a step. `token_tags[t]` is the stats tag of
   // token t's request (empty: untagged).
-  void Record(const ForwardOutput& output, const std::vector<const std::string*>& token_tags, absl::Time now);
+  void Record(const std::vector<std::array<MixtureRouting, 2>>& routing, const std::vector<const std::string*>& token_tags,
+              absl::Time now);
 
   ExpertCounts Totals() const;  // since start; never reset (Prometheus counters)
   struct Window {

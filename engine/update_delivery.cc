@@ -17,9 +17,14 @@ UpdateDelivery::~UpdateDelivery() {
 }
 
 void UpdateDelivery::Post(std::vector<PendingUpdate> batch) {
-  if (batch.empty()) return;
+  if (!batch.empty()) Enqueue(Job{std::move(batch), nullptr});
+}
+
+void UpdateDelivery::Run(absl::AnyInvocable<void() &&> task) { Enqueue(Job{{}, std::move(task)}); }
+
+void UpdateDelivery::Enqueue(Job job) {
   absl::MutexLock lock(&mutex_);
-  queue_.push_back(std::move(batch));
+  queue_.push_back(std::move(job));
   ++posted_;
 }
 
@@ -28,32 +33,33 @@ bool UpdateDelivery::WaitUntilDelivered(absl::Duration timeout) {
   return mutex_.AwaitWithTimeout(absl::Condition(this, &UpdateDelivery::AllDelivered), timeout);
 }
 
-double UpdateDelivery::callback_seconds() const {
+double UpdateDelivery::busy_seconds() const {
   absl::MutexLock lock(&mutex_);
-  return callback_seconds_;
+  return busy_seconds_;
 }
 
 void UpdateDelivery::Loop() {
   while (true) {
-    std::deque<std::vector<PendingUpdate>> batches;
+    std::deque<Job> jobs;
     {
       absl::MutexLock lock(&mutex_);
       mutex_.Await(absl::Condition(this, &UpdateDelivery::HasWorkOrStop));
-      if (queue_.empty()) return;  // stopping, and everything is delivered
-      batches.swap(queue_);
+      if (queue_.empty()) return;  // stopping, and everything has run
+      jobs.swap(queue_);
     }
     const absl::Time start = absl::Now();
-    const uint64_t num_batches = batches.size();
-    for (std::vector<PendingUpdate>& batch : batches) {
-      for (PendingUpdate& pending : batch) (*pending.callback)(std::move(pending.update));
+    const uint64_t num_jobs = jobs.size();
+    for (Job& job : jobs) {
+      for (PendingUpdate& pending : job.updates) (*pending.callback)(std::move(pending.update));
+      if (job.task) std::move(job.task)();
     }
-    // Dropping the batches here (the last references to finished requests' callbacks)
+    // Dropping the jobs here (the last references to finished requests' callbacks)
     // keeps their destruction off the loop thread too.
-    batches.clear();
+    jobs.clear();
     const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
     absl::MutexLock lock(&mutex_);
-    delivered_ += num_batches;
-    callback_seconds_ += seconds;
+    delivered_ += num_jobs;
+    busy_seconds_ += seconds;
   }
 }
 

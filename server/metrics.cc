@@ -84,10 +84,11 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
             stats.sampling_seconds);
     counter("moduleformer_update_delivery_seconds_total",
             "Time the engine's delivery thread spent handing updates to their calls (serializing each and queueing "
-            "its write); runs beside the engine steps, not within the busy time.",
+            "its write) and counting expert selections; runs beside the engine steps, not within the busy time.",
             stats.delivery_seconds);
     counter("moduleformer_metrics_recording_seconds_total",
-            "Time engine steps spent recording expert statistics and metrics.", stats.metrics_seconds);
+            "Time engine steps spent recording step metrics (expert counts: the delivery thread's).",
+            stats.metrics_seconds);
     families.push_back(Family("moduleformer_device_memory_bytes", "Backend memory held, by use.", MetricType::Gauge));
     AddSample(families.back(), static_cast<double>(engine_->model().weight_bytes()), {{"kind", "weights"}});
     AddSample(families.back(), static_cast<double>(engine_->model().kv_cache().memory_bytes()), {{"kind", "kv_cache"}});

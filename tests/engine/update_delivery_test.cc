@@ -33,16 +33,21 @@ std::vector<PendingUpdate> Batch(const std::shared_ptr<const UpdateCallback>& ca
   return batch;
 }
 
-TEST(UpdateDeliveryTest, DeliversBatchesInOrderOnItsOwnThread) {
+TEST(UpdateDeliveryTest, RunsBatchesAndTasksInOrderOnItsOwnThread) {
   Recorder recorder;
   UpdateDelivery delivery;
   const auto callback = recorder.Callback();
   delivery.Post(Batch(callback, {1, 2, 3}));
   delivery.Post({});  // an empty batch is no batch
+  delivery.Run([&] {
+    absl::MutexLock lock(&recorder.mutex);
+    recorder.tokens.push_back(-1);  // a task runs between the batches posted around it
+  });
   delivery.Post(Batch(callback, {4, 5}));
   ASSERT_TRUE(delivery.WaitUntilDelivered(absl::Seconds(10)));
+  EXPECT_GT(delivery.busy_seconds(), 0);
   absl::MutexLock lock(&recorder.mutex);
-  EXPECT_EQ(recorder.tokens, (std::vector<int>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(recorder.tokens, (std::vector<int>{1, 2, 3, -1, 4, 5}));
   for (const std::thread::id thread : recorder.threads) EXPECT_NE(thread, std::this_thread::get_id());
 }
 
