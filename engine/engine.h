@@ -104,7 +104,8 @@ class Engine {
   // the row is sampled on the host (or is plain greedy). Takes a penalty slot if needed.
   std::optional<SampleRowParams> DeviceSampleParams(Sequence& sequence);
   // Step metrics now; expert counts on the delivery thread (takes the output's routing).
-  void RecordStatistics(const SchedulePlan& plan, ForwardOutput& output, absl::Time step_start);
+  // `chunk_tags`: each chunk's request stats tag, in plan order.
+  void RecordStatistics(std::vector<std::string> chunk_tags, ForwardOutput& output, absl::Time step_start);
   bool AppendToken(Sequence& sequence, const SampleResult& sample, GenerationUpdate& update);
   // Queues an update for its request's callback; FlushUpdates hands the queue over.
   void Deliver(Sequence& sequence, GenerationUpdate&& update);

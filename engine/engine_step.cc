@@ -73,22 +73,23 @@ void Engine::RunStep(const SchedulePlan& plan) {
     return;
   }
   scheduler_->CompleteStep(plan);
+  // Taken first: Postprocess finishes (and frees) sequences that end in this step.
+  std::vector<std::string> chunk_tags;
+  chunk_tags.reserve(plan.chunks.size());
+  for (const ScheduledChunk& chunk : plan.chunks) chunk_tags.push_back(chunk.sequence->request.stats_tag);
   Postprocess(plan, *output);
-  RecordStatistics(plan, *output, now);
+  RecordStatistics(std::move(chunk_tags), *output, now);
   step_seconds_ += Seconds(absl::Now() - now);
   absl::MutexLock lock(&mutex_);
   ++stats_.steps;
 }
 
-void Engine::RecordStatistics(const SchedulePlan& plan, ForwardOutput& output, absl::Time step_start) {
+void Engine::RecordStatistics(std::vector<std::string> chunk_tags, ForwardOutput& output, absl::Time step_start) {
   const absl::Time start = absl::Now();
   if (config_.observer != nullptr) {
     config_.observer->OnStep(Seconds(start - step_start), output.token_offsets.back(),
-                             static_cast<int>(plan.chunks.size()));
+                             static_cast<int>(chunk_tags.size()));
   }
-  std::vector<std::string> chunk_tags;
-  chunk_tags.reserve(plan.chunks.size());
-  for (const ScheduledChunk& chunk : plan.chunks) chunk_tags.push_back(chunk.sequence->request.stats_tag);
   // Queued ahead of this step's updates (FlushUpdates comes later), so a request's tokens
   // are counted by the time its caller hears it finished.
   delivery_->Run([stats = expert_stats_.get(), routing = std::move(output.routing), offsets = output.token_offsets,
