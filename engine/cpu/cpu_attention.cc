@@ -53,9 +53,12 @@ void CpuBackend::StickBreakingAttention(const Tensor& queries, const RoutingPlan
         double logit = 0;
         for (int i = 0; i < shape.head_dim; ++i) logit += static_cast<double>(query[i]) * key[i];
         logit *= scale;
-        const double weight = std::exp(log_remaining - Softplus(-logit));
+        // log sigmoid(l) = l - softplus(l) and log(1 - sigmoid(l)) = -softplus(l): one
+        // softplus serves both (the transcendental calls are most of this loop's time).
+        const double softplus = Softplus(logit);
+        const double weight = std::exp(log_remaining + logit - softplus);
         for (int i = 0; i < shape.head_dim; ++i) accumulator[i] += weight * value[i];
-        log_remaining -= Softplus(logit);
+        log_remaining -= softplus;
       }
       float* result = out.as<float>() + slot * att_hidden + head * shape.head_dim;
       for (int i = 0; i < shape.head_dim; ++i) result[i] = static_cast<float>(accumulator[i]);
