@@ -26,7 +26,7 @@ Engine::Engine(std::unique_ptr<Model> model, std::shared_ptr<const Tokenizer> to
   }
   expert_stats_ = std::make_unique<ExpertStats>(std::move(experts_per_layer));
   sampling_pool_ = std::make_unique<WorkerPool>(std::max(0, config_.sampling_threads));
-  delivery_ = std::make_unique<UpdateDelivery>();
+  delivery_ = std::make_unique<SerialExecutor>();
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -127,7 +127,7 @@ bool Engine::WaitUntilIdle(absl::Duration timeout) {
     if (!mutex_.AwaitWithTimeout(absl::Condition(this, &Engine::IsIdle), timeout)) return false;
   }
   // The loop posts a step's updates before it publishes idleness, so these are the last.
-  return delivery_->WaitUntilDelivered(deadline - absl::Now());
+  return delivery_->WaitUntilIdle(deadline - absl::Now());
 }
 
 EngineStats Engine::stats() const {

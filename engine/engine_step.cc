@@ -92,7 +92,7 @@ void Engine::RecordStatistics(std::vector<std::string> chunk_tags, ForwardOutput
   }
   // Queued ahead of this step's updates (FlushUpdates comes later), so a request's tokens
   // are counted by the time its caller hears it finished.
-  delivery_->Run([stats = expert_stats_.get(), routing = std::move(output.routing), offsets = output.token_offsets,
+  delivery_->Post([stats = expert_stats_.get(), routing = std::move(output.routing), offsets = output.token_offsets,
                   tags = std::move(chunk_tags), start] {
     std::vector<const std::string*> token_tags(static_cast<size_t>(offsets.back()));
     for (size_t chunk = 0; chunk + 1 < offsets.size(); ++chunk) {
@@ -252,12 +252,14 @@ bool Engine::AppendToken(Sequence& sequence, const SampleResult& sample, Generat
 }
 
 void Engine::Deliver(Sequence& sequence, GenerationUpdate&& update) {
-  outgoing_.push_back(PendingUpdate{sequence.on_update, std::move(update)});
+  outgoing_.emplace_back(sequence.on_update, std::move(update));
 }
 
 void Engine::FlushUpdates() {
   if (outgoing_.empty()) return;
-  delivery_->Post(std::move(outgoing_));
+  delivery_->Post([updates = std::move(outgoing_)]() mutable {
+    for (auto& [callback, update] : updates) (*callback)(std::move(update));
+  });
   outgoing_ = {};
   outgoing_.reserve(static_cast<size_t>(scheduler_->num_running()));
 }

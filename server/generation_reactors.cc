@@ -198,7 +198,7 @@ class StreamReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       pump_queued_ |= post;
     }
     if (pause) request_.Pause(engine_, true);
-    if (post) WriteDispatcher::Get().Post([this] { PumpQueued(); });
+    if (post) WriteDispatcher().Post([this] { PumpQueued(); });
   }
 
   // Dispatcher thread. The reactor outlives this call: OnDone leaves its deletion here
